@@ -1,66 +1,430 @@
-"""DICOM in: pixel data to RGB uint8 with rescale, VOI LUT/window and MONOCHROME1 inversion.
+"""DICOM in: the first frame's pixels to RGB uint8, displayed as a DICOM viewer would.
 
-No header field is returned, so nothing patient-identifying can reach the page or an export.
+Grey-level pipeline (PS3.4 N.2): stored values -> Modality LUT (LUT or rescale slope/intercept)
+-> VOI LUT (LUT, else window centre/width with its VOI LUT Function, else a linear min-max
+stretch) -> 0..255, inverted for MONOCHROME1. Enhanced multi-frame files carry these values in
+their functional groups; frame 1's are used.
+
+Privacy: only the image-pixel and LUT attributes listed in ``_PIXEL_TAGS`` are read from the
+file (``dcmread(specific_tags=...)``), so patient, study and device fields are never parsed,
+returned, logged or quoted in a message. pydicom's value-validation warnings, which quote
+values, are silenced while decoding, and its reading validation is set to IGNORE (a process-wide
+pydicom setting; nothing else in pneumo reads DICOM).
+
+Compressed transfer syntaxes are decoded by whichever pydicom plugins are installed
+(requirements.txt pins pylibjpeg with its libjpeg and openjpeg plugins for JPEG lossless,
+JPEG-LS and JPEG 2000; Pillow covers baseline JPEG; pydicom itself RLE and deflate). Files whose
+syntax no installed plugin decodes get an :class:`ImageError` saying how to re-export them.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import warnings
+import zlib
 
 import numpy as np
 
-from pneumo.images import DecodedImage, ImageError, _check_size, gray_to_rgb, scale_to_uint8
+from pneumo import config
+from pneumo.images import (
+    DecodedImage,
+    ImageError,
+    _check_size,
+    _not_an_image_message,
+    gray_to_rgb,
+    scale_to_uint8,
+)
+
+# The only attributes read from a file (SpecificCharacterSet is added by pydicom; the file meta
+# group is always read, and none of it is used beyond the transfer syntax and SOP class).
+_PIXEL_TAGS = [
+    "SOPClassUID",  # to tell a report or other document from an image whose pixels are missing
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated",
+    "BitsStored", "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames",
+    "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
+    "VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "RedPaletteColorLookupTableDescriptor", "GreenPaletteColorLookupTableDescriptor",
+    "BluePaletteColorLookupTableDescriptor", "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData",
+    "SegmentedRedPaletteColorLookupTableData", "SegmentedGreenPaletteColorLookupTableData",
+    "SegmentedBluePaletteColorLookupTableData",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+]
+_PIXEL_DATA = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# A deflated data set larger than this once inflated is refused (a zip bomb in a DICOM).
+MAX_INFLATED_BYTES = 1 << 30
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
+
+_DAMAGED = "The DICOM file is damaged and could not be read. Export it again and re-upload it."
+_NO_PIXELS = (
+    "This DICOM file holds no image (no pixel data): it may be a report, a structured document "
+    "or a directory. Export the radiograph itself."
+)
+_BAD_PIXELS = (
+    "The DICOM image data is damaged or incomplete and could not be decoded. "
+    "Export it again and re-upload it."
+)
 
 
-def decode_dicom(data: bytes) -> DecodedImage:
-    """Decode a DICOM Part 10 file's first frame to RGB uint8."""
+def decode_dicom(data: bytes, *, bare: bool = False) -> DecodedImage:
+    """Decode a DICOM file's first frame to RGB uint8.
+
+    ``bare=True`` reads a data set written without the 128-byte preamble and 'DICM' prefix
+    (pydicom's ``force``); if that does not give an image, the file is "not an image".
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's warnings may quote header values
+        try:
+            return _decode(data, bare)
+        except (ImageError, MemoryError):
+            raise
+        except Exception as err:  # pydicom converts elements lazily: bad ones fail on first use
+            raise ImageError(_DAMAGED) from err
+
+
+def _decode(data: bytes, bare: bool) -> DecodedImage:
     import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     notes: list[str] = []
+    _refuse_deflate_bomb(data, 0 if bare else 132)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as err:
-        raise ImageError("The DICOM file is damaged and could not be read. Export it again.") from err
-    if "PixelData" not in ds:
-        raise ImageError(
-            "This DICOM file holds no image (no pixel data): it may be a report or structured "
-            "document. Export the radiograph itself."
+        ds = pydicom.dcmread(io.BytesIO(data), force=bare, specific_tags=_PIXEL_TAGS)
+        has_pixels = any(name in ds for name in _PIXEL_DATA)
+    except MemoryError:
+        raise
+    except Exception as err:
+        if bare:
+            raise ImageError(_not_an_image_message(data)) from None
+        raise ImageError(_DAMAGED) from err
+    if not has_pixels:
+        if bare:
+            raise ImageError(_not_an_image_message(data))
+        sop_classes = [uid for uid in (ds.get("SOPClassUID"),
+                                       ds.file_meta.get("MediaStorageSOPClassUID")) if uid]
+        if "Rows" in ds or "Columns" in ds or any("Image Storage" in _uid_name(u) for u in sop_classes):
+            raise ImageError(_BAD_PIXELS)  # an image whose pixel data is cut off or unreadable
+        if not sop_classes:  # nothing says what this file is
+            raise ImageError(_DAMAGED)
+        raise ImageError(_NO_PIXELS)
+    if bare:
+        notes.append("Non-standard DICOM file (no preamble or 'DICM' header); it was read anyway.")
+
+    if not ds.file_meta.get("TransferSyntaxUID"):  # bare data sets, or a meta header without it
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else
+            ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
         )
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    syntax = ds.file_meta.TransferSyntaxUID
+    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    if rows is None or cols is None:
+        raise ImageError(_DAMAGED)
     _check_size(cols, rows)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    _require_decoder(syntax)
+    if "PixelData" in ds and _is_compressed(syntax):
+        _refuse_embedded_bomb(ds.PixelData)
+
+    from pydicom.pixels import pixel_array
+
     try:
-        pixels = ds.pixel_array
-    except Exception as err:  # pydicom raises many types for missing or failing handlers
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        raise ImageError(
-            f"The DICOM image is compressed ({name}) in a way pneumo cannot decode here. "
-            "Export it uncompressed (Explicit VR Little Endian) and re-upload it."
-        ) from err
+        pixels = np.asarray(pixel_array(ds, index=0))  # decodes the first frame only
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise ImageError(_BAD_PIXELS) from err
     if frames > 1:
-        pixels = pixels[0]
         notes.append(f"The DICOM file holds {frames} frames; only the first was read.")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        values = apply_modality_lut(pixels, ds)
-        values = apply_voi_lut(values, ds, index=0) if _has_voi(ds) else values
-        gray = scale_to_uint8(np.asarray(values))
+
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if pixels.ndim == 2 and photometric in ("MONOCHROME1", "MONOCHROME2", ""):
+        gray = _grey_levels(pixels, ds, notes)
         if photometric == "MONOCHROME1":
-            gray = 255 - gray
-            notes.append("MONOCHROME1 DICOM: grey levels were inverted for display.")
+            gray = 255 - gray  # MONOCHROME1: the minimum value is shown white
         return DecodedImage(gray_to_rgb(gray), notes)
-    if pixels.ndim == 3 and pixels.shape[-1] == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    if pixels.ndim == 2 and photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
 
-            pixels = convert_color_space(pixels, photometric, "RGB")
-        rgb = pixels if pixels.dtype == np.uint8 else gray_to_rgb(scale_to_uint8(pixels.mean(-1)))
-        return DecodedImage(np.asarray(rgb, dtype="uint8"), notes)
-    raise ImageError(f"DICOM photometric interpretation {photometric} is not supported.")
+        try:
+            rgb = np.asarray(apply_color_lut(pixels, ds))
+        except Exception as err:
+            raise ImageError(_BAD_PIXELS) from err
+        return DecodedImage(_rgb_uint8(rgb), notes)
+    if pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB; pydicom has converted YBR to RGB
+        return DecodedImage(_rgb_uint8(pixels), notes)
+    raise ImageError(
+        "This DICOM image uses a pixel layout or colour encoding pneumo does not support. "
+        "Export it as a greyscale (MONOCHROME2) DICOM, a PNG or a JPEG and re-upload it."
+    )
 
 
-def _has_voi(ds) -> bool:
-    return "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+def _uid_name(uid) -> str:
+    try:
+        return str(uid.name)
+    except Exception:
+        return ""
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_compressed(syntax) -> bool:
+    try:
+        return bool(syntax.is_compressed)
+    except (ValueError, AttributeError):
+        return True
+
+
+def _require_decoder(syntax) -> None:
+    """Refuse a transfer syntax that no installed plugin decodes, naming it only if it's standard."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if available:
+        return
+    try:
+        name = syntax.name if syntax.is_transfer_syntax and syntax.name != str(syntax) else None
+    except (ValueError, AttributeError):
+        name = None
+    what = f"with {name}" if name else "in an unrecognised transfer syntax"
+    raise ImageError(
+        f"The DICOM image is encoded {what}, which pneumo cannot decode. "
+        "Export it uncompressed (Explicit VR Little Endian) or as PNG and re-upload it."
+    )
+
+
+# --- bombs -----------------------------------------------------------------------------------
+
+
+def _refuse_deflate_bomb(data: bytes, start: int) -> None:
+    """pydicom inflates a deflated data set whole: inflate it here first, bounded, to be sure."""
+    end = _file_meta_end(data, start)
+    if end is None or _DEFLATED not in data[start:end]:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, pending = 0, data[end:]
+    try:
+        while pending and not inflater.eof:
+            total += len(inflater.decompress(pending, 1 << 24))
+            if total > MAX_INFLATED_BYTES:
+                raise ImageError(
+                    f"The compressed DICOM file unpacks to more than {MAX_INFLATED_BYTES >> 20:,} MB, "
+                    "too much to open safely. Export it uncompressed (Explicit VR Little Endian) "
+                    "or as PNG and re-upload it."
+                )
+            pending = inflater.unconsumed_tail
+    except zlib.error as err:
+        raise ImageError(_DAMAGED) from err
+
+
+def _file_meta_end(data: bytes, pos: int) -> int | None:
+    """Offset of the first byte after the group 0x0002 elements (explicit VR little endian)."""
+    long_vrs = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                b"UT", b"UV")
+    start = pos
+    while pos + 8 <= len(data):
+        group = struct.unpack_from("<H", data, pos)[0]
+        if group != 0x0002:
+            break
+        if data[pos + 4:pos + 6] in long_vrs:
+            if pos + 12 > len(data):
+                return None
+            pos += 12 + struct.unpack_from("<I", data, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", data, pos + 6)[0]
+    return pos if pos > start else None
+
+
+def _refuse_embedded_bomb(pixel_data: bytes) -> None:
+    """Read the first frame's JPEG / JPEG-LS / JPEG 2000 header and refuse an oversized picture.
+
+    Some decoders allocate whatever the codestream declares, whatever Rows and Columns say.
+    """
+    from pydicom.encaps import generate_fragments, parse_basic_offsets
+
+    try:
+        buffer = io.BytesIO(pixel_data)
+        parse_basic_offsets(buffer)
+        fragment = next(generate_fragments(buffer), b"")
+    except Exception as err:
+        raise ImageError(_BAD_PIXELS) from err
+    size = _codestream_size(fragment[:1 << 20])
+    # Rows x Columns already passed the limit, so a larger codestream contradicts the header.
+    if size is not None and size[0] * size[1] > config.MAX_IMAGE_PIXELS:
+        raise ImageError(_BAD_PIXELS)
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # SOFn and JPEG-LS SOF55
+
+
+def _codestream_size(frag: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by a JPEG-family or JPEG 2000 codestream, if found."""
+    if frag[:4] == b"\xff\x4f\xff\x51" and len(frag) >= 24:  # J2K SOC + SIZ
+        xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", frag, 8)
+        return max(xsiz - xosiz, 0), max(ysiz - yosiz, 0)
+    if frag[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(frag):
+        if frag[pos] != 0xFF:
+            return None
+        marker = frag[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF_MARKERS and pos + 9 <= len(frag):
+            height, width = struct.unpack_from(">HH", frag, pos + 5)
+            return width, height
+        if marker == 0xDA:  # start of scan without a frame header
+            return None
+        pos += 2 + struct.unpack_from(">H", frag, pos + 2)[0]
+    return None
+
+
+# --- grey levels -----------------------------------------------------------------------------
+
+
+def _grey_levels(pixels: np.ndarray, ds, notes: list[str]) -> np.ndarray:
+    """Stored values -> modality LUT -> VOI LUT / window -> uint8 0..255.
+
+    Without a VOI LUT or window, 8-bit values are kept as stored and deeper ones are stretched
+    linearly from their minimum to their maximum, as for 8- and 16-bit PNGs.
+    """
+    attrs = _frame_attributes(ds)
+    little = _little_endian(ds)
+    values = _modality(pixels, attrs, little)
+    if attrs.get("VOILUTSequence"):
+        try:
+            lut_values, lo, hi = _apply_lut(values, attrs["VOILUTSequence"][0], little)
+            return _linear_uint8(lut_values, lo, hi)
+        except Exception:
+            notes.append("The DICOM VOI LUT could not be read; a window or a full-range stretch "
+                         "was used instead.")
+    windowed = _window(values, attrs)
+    if windowed is not None:
+        return windowed
+    if pixels.dtype == np.uint8 and np.array_equal(values, pixels):
+        return np.array(pixels)  # 8-bit without any LUT: shown as stored, like an 8-bit PNG
+    return scale_to_uint8(values)
+
+
+def _frame_attributes(ds) -> dict:
+    """Modality and VOI attributes for frame 1: top level, else per-frame, else shared groups."""
+    names = ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence", "VOILUTSequence",
+             "WindowCenter", "WindowWidth", "VOILUTFunction")
+    found = {name: ds.get(name) for name in names if ds.get(name) is not None}
+    groups = []
+    for seq_name in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        seq = ds.get(seq_name)
+        if seq:
+            groups.append(seq[0])
+    for group in groups:
+        for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            items = group.get(macro)
+            if items:
+                for name in names:
+                    if name not in found and items[0].get(name) is not None:
+                        found[name] = items[0].get(name)
+    return found
+
+
+def _little_endian(ds) -> bool:
+    try:
+        return ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.2"
+    except AttributeError:
+        return True
+
+
+def _modality(pixels: np.ndarray, attrs: dict, little: bool) -> np.ndarray:
+    """Stored values -> modality values (e.g. Hounsfield units, optical density), float64."""
+    if attrs.get("ModalityLUTSequence"):
+        values, _, _ = _apply_lut(pixels, attrs["ModalityLUTSequence"][0], little)
+        return values
+    slope = _number(attrs.get("RescaleSlope"), 1.0)
+    intercept = _number(attrs.get("RescaleIntercept"), 0.0)
+    values = pixels.astype(np.float64)
+    if slope == 0.0:  # invalid: would flatten the image
+        slope = 1.0
+    if slope != 1.0:
+        values *= slope
+    if intercept != 0.0:
+        values += intercept
+    return values
+
+
+def _number(value, default: float | None) -> float | None:
+    """First value of a (possibly multi-valued) numeric attribute; ``default`` if none or bad."""
+    if value is None:
+        return default
+    if not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+        if len(value) == 0:
+            return default
+        value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if np.isfinite(number) else default
+
+
+def _apply_lut(values: np.ndarray, item, little: bool) -> tuple[np.ndarray, float, float]:
+    """Apply a LUT item (LUT Descriptor + LUT Data); returns values and the LUT's output range."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    entries, first = descriptor[0] or 65536, descriptor[1]
+    raw = item.LUTData
+    if isinstance(raw, (bytes, bytearray)):
+        lut = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<u2" if little else ">u2")
+    else:
+        lut = np.atleast_1d(np.asarray(raw, dtype=np.float64))
+    lut = lut[:entries].astype(np.float64)
+    if lut.size == 0:
+        raise ValueError("empty LUT")
+    index = np.clip(np.rint(values) - first, 0, lut.size - 1).astype(np.intp)
+    return lut[index], float(lut.min()), float(lut.max())
+
+
+def _linear_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return scale_to_uint8(values)
+    out = (values - lo) * (255.0 / (hi - lo))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _window(values: np.ndarray, attrs: dict) -> np.ndarray | None:
+    """Window centre/width (PS3.3 C.11.2.1.2) to 0..255; None if there is no usable window."""
+    center = _number(attrs.get("WindowCenter"), None)
+    width = _number(attrs.get("WindowWidth"), None)
+    if center is None or width is None:
+        return None
+    function = str(attrs.get("VOILUTFunction") or "LINEAR").strip().upper()
+    if function == "SIGMOID" and width > 0:
+        out = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+    elif function == "LINEAR_EXACT" and width > 0:
+        out = ((values - center) / width + 0.5) * 255.0
+    elif width >= 1:  # LINEAR, also for an unknown function name
+        if width == 1:
+            out = np.where(values > center - 0.5, 255.0, 0.0)
+        else:
+            out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    else:
+        return None
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _rgb_uint8(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    return scale_to_uint8(rgb)

@@ -77,12 +77,15 @@ def compute_metrics(val: dict[str, np.ndarray], test: dict[str, np.ndarray],
 
 
 def predict_split(model, samples: list[Sample]) -> dict[str, np.ndarray]:
-    from pneumo.model import Predictor
+    """Calibrated probabilities and pooled features (for the OOD check) in one pass."""
+    import keras
 
+    both = keras.Model(model.input, [model.output, model.get_layer("avg_pool").output])
     images, labels = load_arrays(samples)
-    probs = Predictor(model).predict(images)
-    return {"label": labels.astype(int), "probability": probs.astype("float64"),
-            "subtype": np.array([s.subtype for s in samples])}
+    probs, features = both.predict(images, batch_size=32, verbose=0)
+    return {"label": labels.astype(int), "probability": probs.ravel().astype("float64"),
+            "subtype": np.array([s.subtype for s in samples]), "features": features,
+            "images": images}
 
 
 def read_predictions(path: Path) -> dict[str, np.ndarray]:
@@ -98,6 +101,23 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
     }
 
 
+def fit_ood(model, train: list[Sample], results: dict, out: Path) -> dict:
+    """Fit the OOD check on train features, threshold on val; report the test flag rate."""
+    from pneumo import ood
+
+    train_features = predict_split(model, train)["features"]
+    detector = ood.fit(train_features, results["val"]["features"])
+    detector.save(out / ood.OOD_FILE)
+    rates = {}
+    for split in ("val", "test"):
+        r = results[split]
+        flags = [detector.is_outlier(img, f) for img, f in zip(r["images"], r["features"])]
+        rates[f"{split}_flagged"] = float(np.mean(flags))
+    return {"threshold": detector.threshold, **rates,
+            "rule": f"saturation > {ood.SATURATION_LIMIT} or feature distance above the "
+                    f"{ood.VALIDATION_QUANTILE:.1%} quantile of validation radiographs"}
+
+
 def format_table(metrics: dict) -> str:
     t = metrics["test"]["at_recommended"]
     lines = [f"test set (n={metrics['test']['n']}), threshold "
@@ -110,6 +130,8 @@ def format_table(metrics: dict) -> str:
                  + ", ".join(f"{k} {v:.3f}" for k, v in metrics["test"]["at_high_sensitivity"].items()))
     for k, v in metrics["subtype_sensitivity_at_recommended"].items():
         lines.append(f"  sensitivity {k}: {v['value']:.3f} (n={v['n']})")
+    if "ood" in metrics:
+        lines.append(f"  OOD check flags {metrics['ood']['test_flagged']:.2%} of test radiographs")
     return "\n".join(lines)
 
 
@@ -131,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         results[split] = predict_split(model, splits[split])
         write_predictions(args.weights / filename, splits[split], results[split]["probability"])
     metrics = compute_metrics(results["val"], results["test"], args.bootstrap)
+    metrics["ood"] = fit_ood(model, splits["train"], results, args.weights)
     (args.weights / config.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     print(format_table(metrics))
 

@@ -24,10 +24,11 @@ _EPS = keras.backend.epsilon()  # tf-keras-vis's normalisation epsilon
 
 @dataclass
 class Explanation:
-    """Per image: calibrated probability and a 7x7 map per method, each scaled to 0..1."""
+    """Per image: calibrated probability, a 7x7 map per method (0..1), pooled features."""
 
     probability: float
     cams: dict[str, np.ndarray]
+    features: np.ndarray  # (1280,) global-average-pooled last feature map (for the OOD check)
 
 
 def _normalize(cam: np.ndarray) -> np.ndarray:
@@ -97,9 +98,10 @@ class CamExplainer:
             prob, score, feats, grads = (t.numpy() for t in self._run(images[i:i + batch_size]))
             cam = gradcam_from_gradients(feats, grads)
             cam_pp = gradcam_plus_plus_from_gradients(feats, grads, score)
+            pooled = feats.mean(axis=(1, 2))
             out.extend(
-                Explanation(float(p), {METHODS[0]: c, METHODS[1]: cpp})
-                for p, c, cpp in zip(prob, cam, cam_pp)
+                Explanation(float(p), {METHODS[0]: c, METHODS[1]: cpp}, f)
+                for p, c, cpp, f in zip(prob, cam, cam_pp, pooled)
             )
         return out
 

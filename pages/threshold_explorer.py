@@ -1,0 +1,56 @@
+"""Threshold explorer: choose the decision threshold with the test-set evidence in view."""
+
+import numpy as np
+import streamlit as st
+
+from pneumo import charts, ui
+from pneumo import metrics as m
+
+st.title("Threshold explorer")
+st.caption("Every chart follows the threshold in the sidebar. Moving it trades missed pneumonia "
+           "(false negatives) against false alarms (false positives). The recommended and "
+           "high-sensitivity thresholds were chosen on the validation split, never on test.")
+
+presets = ui.thresholds()
+cols = st.columns(len(presets) + 1)
+cols[0].markdown("**Presets**")
+for col, (label, value) in zip(cols[1:], presets.items()):
+    col.button(label, on_click=ui.set_threshold, args=(value,), width="stretch",
+               key=f"preset-{label}")
+
+source = st.radio("Evidence", ["Official test set (624 images)", "Validation split"],
+                  horizontal=True, key="evidence_split")
+data = ui.predictions("test" if source.startswith("Official") else "val")
+if data is None:
+    st.error("No predictions found in weights/. Run `python -m pneumo.evaluate --data PATH`.")
+    st.stop()
+
+threshold = ui.current_threshold()
+y, p = data["label"], data["probability"]
+counts = m.confusion(y, p, threshold)
+at = m.rates(counts)
+
+labels = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",
+          "ppv": "PPV (precision)", "npv": "NPV", "f1": "F1"}
+for col, (key, label) in zip(st.columns(6), labels.items()):
+    col.metric(label, f"{at[key]:.1%}")
+st.caption(f"At threshold {threshold:.3f}: {counts['fn']} of {counts['fn'] + counts['tp']} "
+           f"pneumonia images missed, {counts['fp']} of {counts['fp'] + counts['tn']} normal "
+           "images falsely flagged.")
+
+left, right = st.columns([1.6, 1])
+left.plotly_chart(charts.recall_vs_threshold(y, p, threshold), width="stretch")
+right.plotly_chart(charts.recall_bars(y, p, threshold), width="stretch")
+
+left, right = st.columns(2)
+left.plotly_chart(charts.confusion_matrix(counts), width="stretch")
+right.plotly_chart(charts.probability_histogram(y, p, threshold), width="stretch")
+
+left, right = st.columns(2)
+left.plotly_chart(charts.roc(y, p, threshold), width="stretch")
+right.plotly_chart(charts.precision_recall(y, p, threshold), width="stretch")
+
+subtypes = {s: p[(data["subtype"] == s)] for s in ("bacteria", "virus")
+            if np.any(data["subtype"] == s)}
+left, _ = st.columns(2)
+left.plotly_chart(charts.subtype_recall(subtypes, threshold), width="stretch")

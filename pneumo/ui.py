@@ -1,0 +1,161 @@
+"""Streamlit helpers: cached resources and tables, the shared threshold, small HTML widgets.
+
+The only module in ``pneumo`` that imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+
+import numpy as np
+import streamlit as st
+
+from pneumo import config
+from pneumo.reader import decide
+
+THRESHOLD_KEY = "threshold"
+DECISION_COLOURS = {"PNEUMONIA": "#c0392b", "NORMAL": "#2e7d5b"}
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server)...")
+def explainer():
+    """The one model + CAM graph of this server process, traced and warmed up."""
+    from pneumo.explain import CamExplainer
+    from pneumo.model import load_model
+
+    cam = CamExplainer(load_model())
+    cam.explain(np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype="uint8"))
+    return cam
+
+
+@st.cache_resource(show_spinner=False)
+def ood_detector():
+    """The out-of-distribution check, or None when its reference file is missing."""
+    from pneumo import ood
+
+    return ood.load_detector()
+
+
+@st.cache_data(show_spinner=False)
+def predictions(split: str) -> dict[str, np.ndarray] | None:
+    """``weights/{split}_predictions.csv`` as arrays, or None when missing."""
+    from pneumo.evaluate import read_predictions
+
+    name = config.TEST_PREDICTIONS_FILE if split == "test" else config.VAL_PREDICTIONS_FILE
+    path = config.weights_path(name)
+    return read_predictions(path) if path.exists() else None
+
+
+@st.cache_data(show_spinner=False)
+def json_file(name: str) -> dict | None:
+    path = config.weights_path(name)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@st.cache_data(show_spinner=False)
+def history() -> dict[str, list] | None:
+    """``weights/history.csv`` as columns (numbers as floats)."""
+    path = config.weights_path(config.HISTORY_FILE)
+    if not path.exists():
+        return None
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    columns: dict[str, list] = {k: [] for k in rows[0]} if rows else {}
+    for row in rows:
+        for k, v in row.items():
+            columns[k].append(v if k == "phase" else (float(v) if v not in ("", None) else None))
+    return columns
+
+
+def thresholds() -> dict[str, float]:
+    """Named presets: 0.5, and the two chosen on validation when metrics.json exists."""
+    presets = {"0.5 (default)": config.DEFAULT_THRESHOLD}
+    metrics = json_file(config.METRICS_FILE)
+    if metrics:
+        t = metrics["thresholds"]
+        presets[f"Recommended ({t['recommended']:.3f})"] = round(t["recommended"], 3)
+        presets[f"High sensitivity ({t['high_sensitivity']:.3f})"] = round(t["high_sensitivity"], 3)
+    return presets
+
+
+def recommended_threshold() -> float:
+    metrics = json_file(config.METRICS_FILE)
+    return round(metrics["thresholds"]["recommended"], 3) if metrics else config.DEFAULT_THRESHOLD
+
+
+def current_threshold() -> float:
+    return float(st.session_state.get(THRESHOLD_KEY, recommended_threshold()))
+
+
+def set_threshold(value: float) -> None:
+    """Callback for preset buttons: moves the shared slider."""
+    st.session_state[THRESHOLD_KEY] = float(value)
+
+
+def threshold_slider() -> float:
+    """The shared decision threshold, in the sidebar of every page."""
+    st.session_state.setdefault(THRESHOLD_KEY, recommended_threshold())
+    return st.sidebar.slider(
+        "Decision threshold on P(pneumonia)", min_value=0.0, max_value=1.0, step=0.001,
+        format="%.3f", key=THRESHOLD_KEY,
+        help="Images at or above this probability are flagged PNEUMONIA. Tune it on the "
+             "Threshold explorer page; every page uses the same value.",
+    )
+
+
+def decision_badge(decision: str, threshold: float, muted: bool = False) -> str:
+    colour = "#8a8f98" if muted else DECISION_COLOURS[decision]
+    return (f'<span style="background:{colour};color:white;padding:0.25rem 0.7rem;'
+            f'border-radius:0.4rem;font-weight:700;letter-spacing:0.03em">{decision}</span>'
+            f'<span style="color:#555;margin-left:0.6rem">at threshold {threshold:.3f}</span>')
+
+
+def distance_bar(probability: float, threshold: float, muted: bool = False) -> str:
+    """A 0-100 % bar with the probability filled and the threshold marked."""
+    decision = decide(probability, threshold)
+    colour = "#b9bec6" if muted else DECISION_COLOURS[decision]
+    gap = (probability - threshold) * 100
+    words = f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} the threshold"
+    return f"""
+<div style="position:relative;height:16px;background:#e9edf1;border-radius:8px;margin:0.4rem 0">
+  <div style="position:absolute;left:0;top:0;bottom:0;width:{probability * 100:.1f}%;
+       background:{colour};border-radius:8px"></div>
+  <div title="threshold" style="position:absolute;left:calc({threshold * 100:.1f}% - 1px);top:-4px;
+       bottom:-4px;width:3px;background:#1d2733"></div>
+</div>
+<div style="display:flex;justify-content:space-between;color:#555;font-size:0.8rem">
+  <span>0 %</span><span>{html.escape(words)}</span><span>100 %</span></div>"""
+
+
+def intended_use_notice() -> None:
+    st.sidebar.caption(
+        "pneumo is a decision aid for pediatric (1-5 years) AP chest X-rays, trained on one "
+        "centre's data. It is not a diagnosis. Images are processed in memory on this server "
+        "and are never stored or sent anywhere."
+    )
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    """Worklist rows as CSV text."""
+    import io
+
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def png_bytes_later(rgb: np.ndarray):
+    """A callable that PNG-encodes ``rgb`` only when the download is clicked."""
+
+    def encode() -> bytes:
+        import cv2
+
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        return buf.tobytes()
+
+    return encode

@@ -1,0 +1,17 @@
+"""pneumo: entry point. ``streamlit run streamlit_app.py``."""
+
+import streamlit as st
+
+from pneumo import ui
+
+st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
+
+pages = [
+    st.Page("pages/read_xrays.py", title="Read X-rays", icon=":material/radiology:", default=True),
+    st.Page("pages/threshold_explorer.py", title="Threshold explorer", icon=":material/tune:"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
+]
+navigation = st.navigation(pages)
+ui.threshold_slider()
+ui.intended_use_notice()
+navigation.run()
