@@ -1,0 +1,470 @@
+"""Naive inference pipeline against pneumo's, side by side, in one run on this machine.
+
+    python benchmarks/bench.py            # full run   -> benchmarks/results.json
+    python benchmarks/bench.py --quick    # CI run     -> benchmarks/results.quick.json (< 3 min, 2 cores)
+
+Every timed step reports p50 and p95 in milliseconds after warm-up, for both paths:
+
+* decode + preprocess of a real-size radiograph (a 2000x2000 16-bit PNG and a 2000x2500
+  JPEG, made here in memory). Naive: PIL open, convert to RGB, ``tf.image.resize``.
+  pneumo: :func:`pneumo.images.load_image`;
+* prediction for one image and for a batch. Naive: ``model.predict`` per image. pneumo:
+  :meth:`pneumo.model.Predictor.predict`, one call for the batch;
+* Grad-CAM and Grad-CAM++ for one image. Naive: a fresh tf-keras-vis object per image
+  (:func:`pneumo.explain.library_cams`). pneumo: :meth:`pneumo.explain.CamExplainer.explain`,
+  which gives the probability and both maps in one pass;
+* the batch with CAMs end to end. Naive: per image decode + ``model.predict`` + fresh Grad-CAM.
+  pneumo: :func:`pneumo.reader.read_batch` (both maps, display copy, OOD check);
+* process cold start to model ready, in a fresh subprocess per path, and its peak RSS.
+
+The headline column is naive / pneumo at p50. The run also counts how often pneumo's traced
+functions were traced across batch sizes (1 means no retracing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pneumo import config  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+BATCH_IMAGES = 20
+READY = "READY"  # what a cold-start subprocess prints, with its peak RSS, once its first image is done
+TRACING_BATCH_SIZES = (1, 2, 7, 33)  # 33: several internal chunks, the last of 1
+
+# Targets (issue "Speed"): pneumo's p50 for one image, and the end-to-end speed-up.
+PREDICT_TARGET_MS = 40.0
+GRADCAM_TARGET_MS = 150.0
+END_TO_END_TARGET_RATIO = 5.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Timed repetitions per benchmark.
+
+    ``warmup`` untimed calls precede the cheap ones; the expensive naive calls and the end-to-end
+    batches need none, as the rows before them have warmed up every piece they use.
+    """
+
+    fast: int  # decode and single-image prediction
+    batch: int  # batch prediction
+    naive_cams: int  # a fresh tf-keras-vis object per call: seconds each
+    cams: int
+    naive_batch_cams: int  # the naive batch with CAMs: tens of seconds each
+    batch_cams: int
+    cold: int  # cold-start subprocesses per path
+    warmup: int
+
+
+FULL = Plan(fast=50, batch=20, naive_cams=10, cams=30, naive_batch_cams=3, batch_cams=10, cold=3,
+            warmup=3)
+QUICK = Plan(fast=10, batch=3, naive_cams=2, cams=10, naive_batch_cams=1, batch_cams=3, cold=1,
+             warmup=2)
+
+
+@dataclass
+class Stats:
+    """Percentiles of repeated measurements."""
+
+    p50: float
+    p95: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stats:
+        return cls(float(np.percentile(values, 50)), float(np.percentile(values, 95)), len(values))
+
+
+@dataclass
+class Row:
+    """One benchmark: both paths, and pneumo's target when there is one."""
+
+    name: str
+    unit: str
+    naive: Stats
+    pneumo: Stats
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """naive / pneumo at p50: how many times faster (or smaller) pneumo is."""
+        return self.naive.p50 / self.pneumo.p50
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def time_ms(fn: Callable[[], object], repeat: int, warmup: int = 0) -> Stats:
+    """Wall time of ``fn()`` in milliseconds over ``repeat`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return Stats.of(times)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB.
+
+    Linux's VmHWM when available: ``getrusage`` maxrss is carried across fork + exec, so in a
+    subprocess of this (large) benchmark it would report the parent's peak, not the child's.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024.0  # bytes on macOS
+
+
+# --- test images ------------------------------------------------------------------------------
+
+
+def synthetic_radiograph(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A chest-like picture (dark lung fields in a bright body, film grain), float 0..1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype("float32")
+    yy /= height
+    xx /= width
+    body = 0.7 - 0.25 * ((xx - 0.5) ** 2 + (yy - 0.55) ** 2)
+    lungs = np.exp(-(((xx - 0.32) / 0.12) ** 2 + ((yy - 0.5) / 0.25) ** 2))
+    lungs += np.exp(-(((xx - 0.68) / 0.12) ** 2 + ((yy - 0.5) / 0.25) ** 2))
+    img = body - 0.45 * lungs + rng.normal(0.0, 0.02, (height, width)).astype("float32")
+    return np.clip(img, 0.0, 1.0)
+
+
+def png16_bytes(height: int = 2000, width: int = 2000, seed: int = 0) -> bytes:
+    """A 16-bit greyscale PNG (12-bit values, as detectors store them)."""
+    pixels = np.round(synthetic_radiograph(height, width, seed) * 4095).astype("uint16")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(height: int = 2500, width: int = 2000, seed: int = 1) -> bytes:
+    """A large 8-bit greyscale JPEG."""
+    pixels = np.round(synthetic_radiograph(height, width, seed) * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def batch_files(png: bytes, jpeg: bytes, n: int) -> list[tuple[str, bytes]]:
+    """``n`` real-size files, alternating the 16-bit PNG and the JPEG."""
+    return [(f"xray_{i:02d}.png", png) if i % 2 == 0 else (f"xray_{i:02d}.jpeg", jpeg)
+            for i in range(n)]
+
+
+# --- the naive pipeline -----------------------------------------------------------------------
+
+
+def naive_load(data: bytes) -> np.ndarray:
+    """PIL open + convert("RGB") + ``tf.image.resize``: (224, 224, 3) float32.
+
+    (Also naive in what it gets wrong: a 16-bit image is clipped, not rescaled.)
+    """
+    import tensorflow as tf
+
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return tf.image.resize(rgb, (config.IMAGE_SIZE, config.IMAGE_SIZE)).numpy()
+
+
+def naive_predict(model, image: np.ndarray) -> float:
+    """``model.predict`` on one image."""
+    return float(model.predict(image[None], verbose=0)[0, 0])
+
+
+def naive_read(model, files: list[tuple[str, bytes]]) -> list[tuple[str, float, np.ndarray]]:
+    """Per file: decode, ``model.predict``, a fresh tf-keras-vis Grad-CAM."""
+    from pneumo.explain import METHODS, library_cams
+
+    out = []
+    for name, data in files:
+        image = naive_load(data)
+        out.append((name, naive_predict(model, image), library_cams(model, image[None], METHODS[0])[0]))
+    return out
+
+
+# --- cold start -------------------------------------------------------------------------------
+
+
+def cold_start_child(path: str, model_path: Path) -> None:
+    """Import pneumo, load the model, make it ready and run one image; print peak RSS as JSON.
+
+    Runs inside the subprocess started by :func:`cold_start`; ``path`` is "naive" or "pneumo".
+    """
+    from pneumo.model import load_model
+
+    model = load_model(model_path)
+    image = np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS), dtype="uint8")
+    if path == "pneumo":
+        from pneumo.explain import CamExplainer
+
+        CamExplainer(model).explain(image)
+    else:
+        from pneumo.explain import METHODS, library_cams
+
+        model.predict(image, verbose=0)
+        library_cams(model, image, METHODS[0])
+    print(READY, json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
+
+
+def cold_start(path: str, model_path: Path) -> tuple[float, float]:
+    """(milliseconds from spawn to model ready, the subprocess's peak RSS in MB)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--cold-start-child", path,
+           "--model", str(model_path)]
+    start = time.perf_counter()
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        line = next((line for line in proc.stdout if line.startswith(READY)), "")
+        elapsed = (time.perf_counter() - start) * 1000.0
+        proc.stdout.read()
+    if proc.returncode != 0 or not line:
+        raise RuntimeError(f"cold-start subprocess ({path}) failed with exit code {proc.returncode}")
+    return elapsed, float(json.loads(line.removeprefix(READY))["peak_rss_mb"])
+
+
+# --- the benchmarks ---------------------------------------------------------------------------
+
+
+def decode_rows(png: bytes, jpeg: bytes, plan: Plan) -> list[Row]:
+    from pneumo.images import load_image
+
+    rows = []
+    for label, data in (("decode + preprocess, 2000x2000 16-bit PNG", png),
+                        ("decode + preprocess, 2000x2500 JPEG", jpeg)):
+        naive = time_ms(lambda d=data: naive_load(d), plan.fast, plan.warmup)
+        pneumo = time_ms(lambda d=data: load_image(d), plan.fast, plan.warmup)
+        rows.append(Row(label, "ms", naive, pneumo))
+    return rows
+
+
+def prediction_rows(model, predictor, images: np.ndarray, plan: Plan) -> list[Row]:
+    one = images[0]
+    naive = time_ms(lambda: naive_predict(model, one), plan.fast, plan.warmup)
+    pneumo = time_ms(lambda: predictor.predict(one), plan.fast, plan.warmup)
+    single = Row("prediction, 1 image", "ms", naive, pneumo, f"pneumo p50 <= {PREDICT_TARGET_MS:g} ms",
+                 pneumo.p50 <= PREDICT_TARGET_MS)
+    naive = time_ms(lambda: [naive_predict(model, x) for x in images], plan.batch)
+    pneumo = time_ms(lambda: predictor.predict(images), plan.batch, plan.warmup)
+    batch = Row(f"prediction, batch of {len(images)}", "ms", naive, pneumo,
+                note=f"naive: {len(images)} model.predict calls; pneumo: one batched call")
+    return [single, batch]
+
+
+def cam_rows(model, explainer, image: np.ndarray, plan: Plan) -> list[Row]:
+    from pneumo.explain import METHODS, library_cams
+
+    pneumo = time_ms(lambda: explainer.explain(image), plan.cams, plan.warmup)
+    library_cams(model, image[None])  # imports tf-keras-vis; every call builds fresh objects anyway
+    rows = []
+    for method in METHODS:
+        naive = time_ms(lambda m=method: library_cams(model, image[None], m), plan.naive_cams)
+        target, met = "", None
+        if method == METHODS[0]:
+            target, met = f"pneumo p50 <= {GRADCAM_TARGET_MS:g} ms", pneumo.p50 <= GRADCAM_TARGET_MS
+        rows.append(Row(f"{method}, 1 image", "ms", naive, pneumo, target, met,
+                        "naive: fresh tf-keras-vis object; pneumo: probability + both maps"))
+    return rows
+
+
+def end_to_end_row(model, explainer, detector, files: list[tuple[str, bytes]], plan: Plan) -> Row:
+    from pneumo.reader import read_batch
+
+    naive = time_ms(lambda: naive_read(model, files), plan.naive_batch_cams)
+    pneumo = time_ms(lambda: read_batch(files, explainer, ood_check=detector), plan.batch_cams)
+    ratio = naive.p50 / pneumo.p50
+    return Row(f"batch of {len(files)} files with CAMs, end to end", "ms", naive, pneumo,
+               f"naive/pneumo >= {END_TO_END_TARGET_RATIO:g}x", ratio >= END_TO_END_TARGET_RATIO,
+               "naive: decode + predict + Grad-CAM per file; pneumo: read_batch (+ Grad-CAM++, OOD)")
+
+
+def cold_start_rows(model_path: Path, plan: Plan) -> list[Row]:
+    runs: dict[str, list[tuple[float, float]]] = {"naive": [], "pneumo": []}
+    for _ in range(plan.cold):  # interleaved, so a change in machine load hits both paths alike
+        for path, samples in runs.items():
+            samples.append(cold_start(path, model_path))
+    note = "fresh process: import pneumo, load the model, first image with CAM"
+    return [
+        Row("cold start to model ready", "ms", Stats.of([t for t, _ in runs["naive"]]),
+            Stats.of([t for t, _ in runs["pneumo"]]), note=note),
+        Row("peak RSS of the cold-start process", "MB", Stats.of([m for _, m in runs["naive"]]),
+            Stats.of([m for _, m in runs["pneumo"]]), note="VmHWM of each subprocess at ready"),
+    ]
+
+
+def tracing_counts(explainer, predictor, sizes: Sequence[int] = TRACING_BATCH_SIZES) -> dict:
+    """Run pneumo's traced functions on every batch size; how many times each was traced."""
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        batch = rng.integers(0, 256, (n, config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS),
+                             dtype="uint8")
+        explainer.explain(batch)
+        predictor.predict(batch)
+    return {
+        "batch_sizes": list(sizes),
+        "CamExplainer._run": int(explainer._run.experimental_get_tracing_count()),
+        "Predictor._predict": int(predictor._predict.experimental_get_tracing_count()),
+        "target": 1,
+    }
+
+
+def machine() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def run(model_path: Path, plan: Plan, batch_size: int = BATCH_IMAGES) -> dict:
+    """Every benchmark, in one process; the results as a JSON-ready dict."""
+    from pneumo import ood
+    from pneumo.explain import CamExplainer
+    from pneumo.images import load_image
+    from pneumo.model import Predictor, load_model
+
+    info = machine()
+    model = load_model(model_path)
+    predictor, explainer = Predictor(model), CamExplainer(model)
+    detector = ood.load_detector(model_path.parent / ood.OOD_FILE)  # None when there is none
+    png, jpeg = png16_bytes(), jpeg_bytes()
+    files = batch_files(png, jpeg, batch_size)
+    decoded = {data: load_image(data) for data in (png, jpeg)}
+    images = np.stack([decoded[data] for _, data in files])
+
+    rows = decode_rows(png, jpeg, plan)
+    rows += prediction_rows(model, predictor, images, plan)
+    rows += cam_rows(model, explainer, images[0], plan)
+    rows.append(end_to_end_row(model, explainer, detector, files, plan))
+    rows += cold_start_rows(model_path, plan)
+    tracing = tracing_counts(explainer, predictor)
+    info["load_average_at_end"] = list(os.getloadavg())
+    return {
+        "machine": info,
+        "model": str(model_path),
+        "plan": asdict(plan),
+        "rows": [row.to_json() for row in rows],
+        "tracing": tracing,
+        "bench_process_peak_rss_mb": peak_rss_mb(),
+        "targets_met": all(r.met for r in rows if r.met is not None)
+        and tracing["CamExplainer._run"] == tracing["Predictor._predict"] == 1,
+    }
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def table(results: dict) -> str:
+    """The results as a fixed-width text table, targets beside the figures."""
+    header = ("benchmark", "unit", "naive p50", "naive p95", "pneumo p50", "pneumo p95",
+              "naive/pneumo", "target", "met")
+    lines = [header]
+    for r in results["rows"]:
+        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        lines.append((r["name"], r["unit"], _fmt(r["naive"]["p50"]), _fmt(r["naive"]["p95"]),
+                      _fmt(r["pneumo"]["p50"]), _fmt(r["pneumo"]["p95"]), f"{r['ratio']:.1f}x",
+                      r["target"], met))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(cell.ljust(w) if i in (0, 1, 7) else cell.rjust(w)
+                     for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines]
+    out.insert(1, "-" * len(out[0]))
+    t = results["tracing"]
+    m = results["machine"]
+    out += [
+        "",
+        f"tracing over batch sizes {t['batch_sizes']}: CamExplainer._run traced "
+        f"{t['CamExplainer._run']}x, Predictor._predict traced {t['Predictor._predict']}x "
+        f"(target {t['target']})",
+        f"benchmark process peak RSS: {results['bench_process_peak_rss_mb']:,.0f} MB",
+        f"{m['cpus_usable']} usable CPUs ({m['processor']}), load average "
+        f"{m['load_average_at_start'][0]:.1f} at start, {m['load_average_at_end'][0]:.1f} at end; "
+        f"TensorFlow {m['tensorflow']}, Keras {m['keras']}",
+        f"all targets met: {'yes' if results['targets_met'] else 'NO'}",
+    ]
+    return "\n".join(out)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions (CI); writes results.quick.json")
+    parser.add_argument("--model", type=Path, default=config.weights_path(config.MODEL_FILE),
+                        help="model to benchmark (default: the bundled one)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: benchmarks/results[.quick].json)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit with status 1 when a target is missed or a function retraced")
+    # Hidden: tiny runs for the test suite, and the cold-start subprocess.
+    parser.add_argument("--repeat", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH_IMAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--cold-start-child", choices=("naive", "pneumo"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the table, write the JSON; returns the exit code."""
+    args = parse_args(argv)
+    if args.cold_start_child:
+        cold_start_child(args.cold_start_child, args.model)
+        return 0
+    if not args.model.exists():
+        print(f"No model at {args.model}; pass --model PATH.", file=sys.stderr)
+        return 1
+    plan = QUICK if args.quick else FULL
+    if args.repeat is not None:
+        plan = replace(plan, **{k: args.repeat for k in asdict(plan) if k != "warmup"}, warmup=1)
+    out = args.out or HERE / ("results.quick.json" if args.quick else "results.json")
+
+    results = run(args.model, plan, args.batch)
+    print(table(results))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 1 if args.check and not results["targets_met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

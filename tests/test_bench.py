@@ -1,0 +1,43 @@
+"""The benchmark script runs end to end and writes every row (tiny repetition count)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+from conftest import ROOT
+
+
+def _bench_module(monkeypatch):
+    """benchmarks/bench.py as a module (registered, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_benchmark_writes_every_row(tmp_path, monkeypatch, bundled_model_dir, capsys):
+    bench = _bench_module(monkeypatch)
+    out = tmp_path / "results.quick.json"
+    assert bench.main(["--quick", "--repeat", "1", "--batch", "3", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+
+    names = [row["name"] for row in results["rows"]]
+    for expected in ("16-bit PNG", "JPEG", "prediction, 1 image", "prediction, batch of 3",
+                     "Grad-CAM, 1 image", "Grad-CAM++, 1 image", "batch of 3 files with CAMs",
+                     "cold start", "peak RSS"):
+        assert any(expected in name for name in names), expected
+    for row in results["rows"]:
+        for path in ("naive", "pneumo"):
+            stats = row[path]
+            assert stats["n"] == 1
+            assert math.isfinite(stats["p50"]) and 0 < stats["p50"] <= stats["p95"], row
+        assert row["ratio"] > 0
+    assert [row["met"] is not None for row in results["rows"]].count(True) == 3
+    assert results["bench_process_peak_rss_mb"] > 0
+    assert results["tracing"]["CamExplainer._run"] == results["tracing"]["Predictor._predict"] == 1
+    printed = capsys.readouterr().out
+    assert "naive/pneumo" in printed and str(out) in printed

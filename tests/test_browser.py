@@ -1,0 +1,180 @@
+"""End to end in a real browser: the Streamlit server, Debian's Chromium driven by Playwright.
+
+Also checks privacy on the real server: no outbound connection (every non-loopback connect
+is refused and logged by tests/netguard/sitecustomize.py) and no uploaded bytes on disk.
+Screenshots are kept in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, png_bytes, synthetic_xray
+
+from pneumo import config
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("bundled_model_dir")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    work = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests' / 'netguard'}{os.pathsep}{ROOT}",
+           "PNEUMO_NET_LOG": str(work / "net.log")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+         "--server.port", str(port), "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.terminate()
+        pytest.fail("streamlit did not start:\n" + (work / "server.log").read_text())
+    yield {"url": url, "work": work}
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="pneumo-chromium-")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000})
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _real_xrays(n: int) -> list[tuple[str, bytes]]:
+    test_dir = config.SHARED_DATA_DIR / "test"
+    files = sorted(test_dir.glob("*/*.jpeg"))[:: 31][:n] if test_dir.exists() else []
+    if len(files) >= n:
+        return [(p.name, p.read_bytes()) for p in files]
+    return [(f"synthetic_{i}.png", png_bytes(synthetic_xray(400, i))) for i in range(n)]
+
+
+def _upload(page, files: list[tuple[str, bytes]]) -> None:
+    mime = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg"}
+    page.locator('input[type="file"]').set_input_files([
+        {"name": name, "mimeType": mime.get(name.rsplit(".", 1)[-1], "application/octet-stream"),
+         "buffer": data} for name, data in files])
+
+
+def _wait_for_results(page, n: int, timeout_s: float = 180) -> None:
+    page.wait_for_function(
+        "n => document.querySelectorAll('[data-testid=\"stMetricLabel\"]').length >= n",
+        arg=n, timeout=timeout_s * 1000)
+
+
+def test_upload_real_xray_shows_probability_and_overlay(server, browser):
+    from pneumo.images import load_image
+    from pneumo.model import Predictor, load_model
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page()
+    page.goto(server["url"])
+    page.get_by_text("Drag and drop").first.wait_for(timeout=120_000)
+    name, data = _real_xrays(1)[0]
+    _upload(page, [(name, data)])
+    _wait_for_results(page, 1)
+    page.get_by_text("Grad-CAM overlay").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)  # let images paint before the screenshot
+    page.screenshot(path=str(ARTIFACTS / "read_xrays.png"), full_page=True)
+
+    expected = float(Predictor(load_model()).predict(load_image(data)[None])[0])
+    value = page.locator('[data-testid="stMetricValue"]').first.inner_text()
+    assert abs(float(value.rstrip("%")) / 100 - expected) < 0.0006
+    assert page.get_by_text("Grad-CAM overlay").count() == 1
+    assert page.locator('[data-testid="stImage"] img').count() >= 3  # legend, original, overlay
+    assert page.get_by_text("PNEUMONIA" if expected >= 0.5 else "NORMAL").count() >= 1
+    page.close()
+
+
+def test_twenty_image_upload_time_is_measured(server, browser):
+    page = browser.new_page()
+    page.goto(server["url"])
+    page.get_by_text("Drag and drop").first.wait_for(timeout=120_000)
+    files = _real_xrays(20)
+    started = time.perf_counter()
+    _upload(page, files)
+    _wait_for_results(page, 20)
+    page.locator('[data-testid="stImage"] img').nth(40).wait_for(timeout=60_000)
+    elapsed = time.perf_counter() - started
+    print(f"\n20-image upload fully shown in the browser in {elapsed:.1f} s (target 10 s)")
+    (ARTIFACTS / "browser_timing.txt").write_text(f"20 images shown in {elapsed:.2f} s\n")
+    page.screenshot(path=str(ARTIFACTS / "worklist_20.png"), full_page=False)
+    assert page.locator('[data-testid="stDataFrame"]').count() == 1
+    page.close()
+
+
+def test_explorer_and_model_card_pages_render(server, browser):
+    page = browser.new_page()
+    page.goto(f"{server['url']}/threshold_explorer")
+    page.get_by_text("Per-class recall against the threshold").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "threshold_explorer.png"), full_page=True)
+    page.goto(f"{server['url']}/model_card")
+    page.get_by_text("Reliability diagram").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(ARTIFACTS / "model_card.png"), full_page=True)
+    page.close()
+
+
+def test_no_outbound_connection_and_no_upload_on_disk(server, browser):
+    """Runs last in this module: the server has handled every upload above by now."""
+    page = browser.new_page()
+    page.goto(server["url"])
+    page.get_by_text("Drag and drop").first.wait_for(timeout=120_000)
+    marker = np.random.default_rng(12345).integers(0, 256, (300, 300), dtype=np.uint8)
+    data = png_bytes(marker)
+    started = time.time()
+    _upload(page, [("marker.png", data)])
+    _wait_for_results(page, 1)
+    page.close()
+    log = server["work"] / "net.log"
+    assert not log.exists() or log.read_text() == "", f"outbound connections: {log.read_text()}"
+    needle = data[len(data) // 2: len(data) // 2 + 512]
+    for folder in (Path(tempfile.gettempdir()), ROOT, Path.home() / ".streamlit"):
+        for path in folder.rglob("*") if folder.exists() else []:
+            if "chromium" in str(path) or not path.is_file():
+                continue
+            try:
+                if path.stat().st_mtime < started or path.stat().st_size > 50_000_000:
+                    continue
+                assert needle not in path.read_bytes(), f"uploaded bytes found in {path}"
+            except OSError:
+                continue
