@@ -27,13 +27,15 @@ metrics = ui.json_file(config.METRICS_FILE)
 st.subheader("Test-set performance (official split, 624 images)")
 if metrics:
     t = metrics["test"]["at_recommended"]
-    rows = [{"": "pneumo (this model)", **{k: f"{t[k]['value']:.3f} "
-             f"({t[k]['ci95'][0]:.3f}-{t[k]['ci95'][1]:.3f})" for k in
-             ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")}}]
+    names = {"auc": "AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity",
+             "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1"}
+    rows = [{"Model": "pneumo (this model)",
+             **{label: f"{t[k]['value']:.3f} [{t[k]['ci95'][0]:.3f}, {t[k]['ci95'][1]:.3f}]"
+                for k, label in names.items()}}]
     for ref in config.PUBLISHED_REFERENCE:
-        rows.append({"": ref["source"], **{k: ("-" if ref.get(k) is None else f"{ref[k]:.3f}")
-                     for k in ("auc", "accuracy", "sensitivity", "specificity")}})
-    st.dataframe(rows, hide_index=True, width="stretch")
+        rows.append({"Model": ref["source"], **{
+            label: "-" if ref.get(k) is None else f"{ref[k]:.3f}" for k, label in names.items()}})
+    st.table(rows)
     st.caption(f"pneumo at its recommended threshold {metrics['thresholds']['recommended']:.3f} "
                "(chosen on validation); 95 % bootstrap intervals in brackets. Expected "
                f"calibration error on test: {metrics['test']['ece']:.3f}.")

@@ -42,16 +42,17 @@ readings = [cache[d] if cache[d].name == name else replace(cache[d], name=name)
             for (name, _), d in zip(files, digests)]
 
 if not readings:
-    st.info("No images yet. Drag chest X-rays onto the box above, or click *Browse files*.")
+    st.info("No images yet. Drag chest X-rays onto the box above, or click *Upload*.")
     st.stop()
 
 controls = st.columns([1.2, 1.2, 2])
 method = controls[0].radio("Heat map", METHODS, horizontal=True, key="cam_method",
                            help="Grad-CAM++ often spreads attention over several regions.")
-opacity = controls[1].slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
+opacity = controls[1].slider("Heat-map opacity", 0.0, 1.0, 0.6, 0.05, key="cam_opacity")
 with controls[2]:
-    st.image(colour_scale(320, 14), caption="Heat-map colours: blue = little influence on the "
-             "pneumonia score, red = most influence", width=320)
+    st.image(colour_scale(320, 14), width=320,
+             caption="Heat-map colours: clear or blue = little influence on the pneumonia "
+                     "score, red = most influence")
 
 errors = [r for r in readings if r.error]
 for r in errors:

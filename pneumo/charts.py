@@ -14,12 +14,12 @@ THRESHOLD_COLOUR = "#555555"
 _FONT = {"size": 14}
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 340) -> go.Figure:
+def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 370) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0.0, "xanchor": "left"},
         xaxis_title=x, yaxis_title=y, height=height, font=_FONT,
-        margin={"l": 60, "r": 20, "t": 50, "b": 55}, template="plotly_white",
-        legend={"orientation": "h", "y": -0.25, "x": 0.0},
+        margin={"l": 60, "r": 20, "t": 50, "b": 95}, template="plotly_white",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0.0},
     )
     return fig
 
@@ -35,7 +35,7 @@ def recall_vs_threshold(labels, probs, threshold: float) -> go.Figure:
                     line={"color": NORMAL_COLOUR, "width": 3})
     at = m.metrics_at(labels, probs, threshold)
     fig.add_vline(x=threshold, line={"color": THRESHOLD_COLOUR, "dash": "dash"},
-                  annotation_text=f"threshold {threshold:.2f}", annotation_position="top")
+                  annotation_text=f"threshold {threshold:.3f}", annotation_position="top")
     fig.add_scatter(x=[threshold, threshold], y=[at["sensitivity"], at["specificity"]],
                     mode="markers", marker={"size": 11, "color": [PNEUMONIA_COLOUR, NORMAL_COLOUR],
                                             "line": {"width": 2, "color": "white"}},
@@ -55,7 +55,7 @@ def recall_bars(labels, probs, threshold: float) -> go.Figure:
         marker_color=[NORMAL_COLOUR, PNEUMONIA_COLOUR], text=[f"{v:.1%}" for v in values],
         textposition="outside", cliponaxis=False))
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
-    return _layout(fig, f"Recall at threshold {threshold:.2f}", "", "Recall")
+    return _layout(fig, f"Recall at threshold {threshold:.3f}", "", "Recall")
 
 
 def confusion_matrix(counts: dict[str, int]) -> go.Figure:
@@ -83,7 +83,7 @@ def roc(labels, probs, threshold: float) -> go.Figure:
                     line={"color": NEUTRAL_COLOUR, "width": 3})
     fig.add_scatter(x=[0, 1], y=[0, 1], name="chance", line={"color": "#bbbbbb", "dash": "dot"})
     fig.add_scatter(x=[1 - at["specificity"]], y=[at["sensitivity"]], mode="markers",
-                    name=f"operating point ({threshold:.2f})",
+                    name=f"operating point ({threshold:.3f})",
                     marker={"size": 13, "color": PNEUMONIA_COLOUR, "symbol": "x"})
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
@@ -102,7 +102,7 @@ def precision_recall(labels, probs, threshold: float) -> go.Figure:
     fig.add_hline(y=prevalence, line={"color": "#bbbbbb", "dash": "dot"},
                   annotation_text=f"prevalence {prevalence:.0%}", annotation_position="bottom left")
     fig.add_scatter(x=[at["sensitivity"]], y=[at["ppv"]], mode="markers",
-                    name=f"operating point ({threshold:.2f})",
+                    name=f"operating point ({threshold:.3f})",
                     marker={"size": 13, "color": PNEUMONIA_COLOUR, "symbol": "x"})
     fig.update_xaxes(range=[0, 1.02], tickformat=".0%")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
@@ -117,7 +117,7 @@ def probability_histogram(labels, probs, threshold: float) -> go.Figure:
         fig.add_histogram(x=probs[labels == label], name=f"truly {name}", marker_color=colour,
                           opacity=0.65, xbins={"start": 0, "end": 1.0001, "size": 0.025})
     fig.add_vline(x=threshold, line={"color": THRESHOLD_COLOUR, "dash": "dash"},
-                  annotation_text=f"threshold {threshold:.2f}", annotation_position="top")
+                  annotation_text=f"threshold {threshold:.3f}", annotation_position="top")
     fig.update_layout(barmode="overlay")
     fig.update_xaxes(range=[0, 1])
     return _layout(fig, "Probabilities by true class", "P(pneumonia)", "Images")
@@ -135,7 +135,7 @@ def subtype_recall(probs_by_subtype: dict[str, np.ndarray], threshold: float) ->
         text=[f"{v:.1%} of {n}" for v, n in zip(values, counts)], textposition="outside",
         cliponaxis=False))
     fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
-    return _layout(fig, f"Pneumonia recall by subtype at {threshold:.2f}", "", "Recall")
+    return _layout(fig, f"Pneumonia recall by subtype at {threshold:.3f}", "", "Recall")
 
 
 def reliability_diagram(labels, probs, bins: int = 10) -> go.Figure:

@@ -141,10 +141,16 @@ def colorize(cam: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.4) -> np.ndarray:
-    """Blend the coloured map over the radiograph (RGB uint8, any size)."""
-    heat = colorize(upsample(cam, rgb.shape[0], rgb.shape[1]))
-    return cv2.addWeighted(rgb, 1.0 - opacity, heat, opacity, 0.0)
+def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """Colour the radiograph where the map is high (RGB uint8, any size).
+
+    Each pixel's blend weight is ``opacity * cam``: regions that did not move the score stay
+    as they are, so the anatomy remains readable under the heat map.
+    """
+    up = upsample(cam, rgb.shape[0], rgb.shape[1])
+    alpha = (opacity * up)[..., None]
+    blended = rgb.astype("float32") * (1.0 - alpha) + colorize(up).astype("float32") * alpha
+    return np.round(blended).astype("uint8")
 
 
 def colour_scale(width: int = 256, height: int = 14) -> np.ndarray:

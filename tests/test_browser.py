@@ -87,6 +87,12 @@ def _real_xrays(n: int) -> list[tuple[str, bytes]]:
     return [(f"synthetic_{i}.png", png_bytes(synthetic_xray(400, i))) for i in range(n)]
 
 
+def _open_reader(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_text("Chest X-rays (PNG").first.wait_for(timeout=120_000)
+    page.locator('input[type="file"]').first.wait_for(state="attached", timeout=60_000)
+
+
 def _upload(page, files: list[tuple[str, bytes]]) -> None:
     mime = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg"}
     page.locator('input[type="file"]').set_input_files([
@@ -106,8 +112,7 @@ def test_upload_real_xray_shows_probability_and_overlay(server, browser):
 
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page()
-    page.goto(server["url"])
-    page.get_by_text("Drag and drop").first.wait_for(timeout=120_000)
+    _open_reader(page, server["url"])
     name, data = _real_xrays(1)[0]
     _upload(page, [(name, data)])
     _wait_for_results(page, 1)
@@ -126,8 +131,7 @@ def test_upload_real_xray_shows_probability_and_overlay(server, browser):
 
 def test_twenty_image_upload_time_is_measured(server, browser):
     page = browser.new_page()
-    page.goto(server["url"])
-    page.get_by_text("Drag and drop").first.wait_for(timeout=120_000)
+    _open_reader(page, server["url"])
     files = _real_xrays(20)
     started = time.perf_counter()
     _upload(page, files)
@@ -157,8 +161,7 @@ def test_explorer_and_model_card_pages_render(server, browser):
 def test_no_outbound_connection_and_no_upload_on_disk(server, browser):
     """Runs last in this module: the server has handled every upload above by now."""
     page = browser.new_page()
-    page.goto(server["url"])
-    page.get_by_text("Drag and drop").first.wait_for(timeout=120_000)
+    _open_reader(page, server["url"])
     marker = np.random.default_rng(12345).integers(0, 256, (300, 300), dtype=np.uint8)
     data = png_bytes(marker)
     started = time.time()
