@@ -131,3 +131,50 @@ def test_model_card_renders():
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) >= 3
     assert any("not a diagnosis" in md.value for md in at.markdown)
+
+
+def _tree_state(folder) -> set[tuple[str, float]]:
+    out = set()
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                out.add((str(path), path.stat().st_mtime))
+        except OSError:
+            continue
+    return out
+
+
+def test_a_batch_writes_nothing_to_disk_and_connects_nowhere(monkeypatch, tmp_path):
+    """Uploads stay in memory, and no socket leaves the machine while a batch is read."""
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    attempts = []
+    original = socket.socket.connect
+
+    def guarded(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not str(address[0]).startswith(
+                ("127.", "::1", "localhost")):
+            attempts.append(address)
+            raise OSError("blocked by test")
+        return original(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    temp = Path(tempfile.gettempdir())
+    before_temp, before_repo = _tree_state(temp), _tree_state(ROOT)
+    uploads = [png_bytes(synthetic_xray(280, 10 + i)) for i in range(3)]
+    at = _app()
+    at.file_uploader[0].set_value(
+        [(f"p{i}.png", data, "image/png") for i, data in enumerate(uploads)]).run()
+    assert len(_shown_probabilities(at)) == 3
+    assert attempts == []
+    assert _tree_state(ROOT) - before_repo == set()  # nothing new or changed in the project
+    # other programs may write to the temp folder meanwhile: none of it may hold upload bytes
+    needles = [data[len(data) // 2: len(data) // 2 + 256] for data in uploads]
+    for path, _ in _tree_state(temp) - before_temp:
+        try:
+            content = Path(path).read_bytes()
+        except OSError:
+            continue
+        assert not any(n in content for n in needles), f"upload bytes found in {path}"
