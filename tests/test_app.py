@@ -133,9 +133,15 @@ def test_model_card_renders():
     assert any("not a diagnosis" in md.value for md in at.markdown)
 
 
+CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", "test-artifacts", ".ruff_cache")
+
+
 def _tree_state(folder) -> set[tuple[str, float]]:
+    """(path, mtime) of every file below ``folder``, Python and test caches aside."""
     out = set()
     for path in folder.rglob("*"):
+        if any(part in CACHES for part in path.parts):
+            continue
         try:
             if path.is_file():
                 out.add((str(path), path.stat().st_mtime))
