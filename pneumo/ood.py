@@ -55,7 +55,7 @@ class OodDetector:
         return saturation(rgb) > SATURATION_LIMIT or bool(self.distance(features)[0] > self.threshold)
 
     def __call__(self, reading) -> str | None:
-        """The warning for a Reading (needs ``display`` and ``features``), or None."""
+        """The warning for a Reading (needs ``model_input`` and ``features``), or None."""
         if reading.features is None or reading.model_input is None:
             return None
         return WARNING if self.is_outlier(reading.model_input, reading.features) else None
