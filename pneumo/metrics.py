@@ -34,22 +34,38 @@ def roc_auc(labels, scores) -> float:
 
 
 def fit_platt(logits, labels, iterations: int = 100) -> tuple[float, float]:
-    """Fit ``p = sigmoid(a * logit + b)`` by Newton's method on the log-loss.
+    """Fit ``p = sigmoid(a * logit + b)`` by Newton's method with backtracking on the log-loss.
 
-    Uses Platt's smoothed targets so a separable validation set still gives finite parameters.
+    Uses Platt's smoothed targets, so a (nearly) separable validation set still gives finite
+    parameters; the line search keeps each step from increasing the loss.
     """
-    z, y = _arrays(labels, logits)[1], _arrays(labels, logits)[0]
+    y, z = _arrays(labels, logits)
     n_pos, n_neg = y.sum(), len(y) - y.sum()
     t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+
+    def loss(a: float, b: float) -> float:
+        s = a * z + b  # log(1 + e^s) - t*s, computed stably
+        return float(np.sum(np.logaddexp(0.0, s) - t * s))
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+        p = 0.5 * (1.0 + np.tanh(0.5 * (a * z + b)))  # sigmoid without overflow
         w = np.maximum(p * (1 - p), 1e-12)
         grad = np.array([np.sum((p - t) * z), np.sum(p - t)])
         hess = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
         step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        scale = 1.0
+        while scale > 1e-10:
+            candidate = loss(a - scale * step[0], b - scale * step[1])
+            if candidate <= current:
+                break
+            scale /= 2
+        else:
+            break
+        a, b = a - scale * step[0], b - scale * step[1]
+        improvement, current = current - candidate, candidate
+        if improvement < 1e-12 * max(1.0, abs(current)):
             break
     return float(a), float(b)
 

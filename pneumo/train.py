@@ -102,9 +102,9 @@ class TimeBudget(keras.callbacks.Callback):
 class Checkpoint(keras.callbacks.Callback):
     """Each epoch: append to history.csv, save last.keras, and best.keras when val AUC improves."""
 
-    def __init__(self, out: Path, state: dict):
+    def __init__(self, out: Path, state: dict, started: float):
         super().__init__()
-        self.out, self.state = out, state
+        self.out, self.state, self.started = out, state, started
         self.epoch_started = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -129,6 +129,7 @@ class Checkpoint(keras.callbacks.Callback):
             self.model.save(ckpt / "best.keras")
         self.model.save(ckpt / "last.keras")
         self.state["epochs_done"] = epoch + 1
+        self.state["elapsed_seconds"] = self.state.get("elapsed_before", 0.0) + time.time() - self.started
         (ckpt / "state.json").write_text(json.dumps(self.state, indent=2))
 
 
@@ -185,6 +186,7 @@ def train(args: argparse.Namespace) -> dict:
         print(f"resuming after fine-tuning epoch {state['epochs_done']}")
         model = keras.saving.load_model(out / "checkpoints" / "last.keras")
         baseline = state["head_val_auc"]
+        state["elapsed_before"] = state.get("elapsed_seconds", 0.0)
     else:
         (out / config.HISTORY_FILE).unlink(missing_ok=True)
         model = build_classifier(args.imagenet)
@@ -210,7 +212,7 @@ def train(args: argparse.Namespace) -> dict:
         initial_epoch=state["epochs_done"],
         class_weight=class_weights(y_train),
         callbacks=[
-            Checkpoint(out, state),
+            Checkpoint(out, state, started),
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
                                           patience=config.EARLY_STOPPING_PATIENCE),
             TimeBudget(args.max_minutes, started),
@@ -243,7 +245,8 @@ def train(args: argparse.Namespace) -> dict:
         "best_val_auc": state.get("best_val_auc"),
         "finetune_epochs_run": state.get("epochs_done"),
         "calibration": {"method": "platt", "scale": scale, "bias": bias},
-        "duration_minutes": round((time.time() - started) / 60, 1),
+        "duration_minutes": round(
+            (state.get("elapsed_before", 0.0) + time.time() - started) / 60, 1),
         "versions": versions(),
         "data_fingerprint": fingerprint([s for v in splits.values() for s in v]),
         "data_path": str(args.data),

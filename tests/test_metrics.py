@@ -108,3 +108,13 @@ def test_platt_recovers_known_parameters():
     a, b = m.fit_platt(z, y.astype(int))
     assert a == pytest.approx(0.5, abs=0.05)
     assert b == pytest.approx(-1.0, abs=0.07)
+
+
+def test_platt_stays_finite_and_monotone_on_separable_data():
+    z = np.r_[np.linspace(-12, -2, 200), np.linspace(2, 15, 600)]
+    y = np.r_[np.zeros(200), np.ones(600)].astype(int)
+    a, b = m.fit_platt(z, y)
+    assert 0 < a < 10 and abs(b) < 20
+    p = 1 / (1 + np.exp(-(a * z + b)))
+    assert np.all(np.diff(p) >= 0)
+    assert 0.0 < p.min() and p.max() < 1.0  # no hard 0/1: ranking survives calibration
