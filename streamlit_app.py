@@ -11,7 +11,6 @@ pages = [
     st.Page("pages/threshold_explorer.py", title="Threshold explorer", icon=":material/tune:"),
     st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
 ]
-navigation = st.navigation(pages)
 ui.threshold_slider()
 ui.intended_use_notice()
-navigation.run()
+st.navigation(pages).run()

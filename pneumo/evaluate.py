@@ -105,16 +105,18 @@ def fit_ood(model, train: list[Sample], results: dict, out: Path) -> dict:
     """Fit the OOD check on train features, threshold on val; report the test flag rate."""
     from pneumo import ood
 
-    train_features = predict_split(model, train)["features"]
-    detector = ood.fit(train_features, results["val"]["features"])
+    train_results = predict_split(model, train)
+    detector = ood.fit(train_results["features"], results["val"]["features"],
+                       train_images=train_results["images"])
     detector.save(out / ood.OOD_FILE)
     rates = {}
     for split in ("val", "test"):
         r = results[split]
         flags = [detector.is_outlier(img, f) for img, f in zip(r["images"], r["features"])]
         rates[f"{split}_flagged"] = float(np.mean(flags))
-    return {"threshold": detector.threshold, **rates,
-            "rule": f"saturation > {ood.SATURATION_LIMIT} or feature distance above the "
+    return {"threshold": detector.threshold, "texture_range": list(detector.texture_range), **rates,
+            "rule": f"saturation > {ood.SATURATION_LIMIT}, Laplacian variance outside the training "
+                    f"radiographs' range, or feature distance above the "
                     f"{ood.VALIDATION_QUANTILE:.1%} quantile of validation radiographs"}
 
 

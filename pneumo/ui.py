@@ -16,6 +16,7 @@ from pneumo import config
 from pneumo.reader import decide
 
 THRESHOLD_KEY = "threshold"
+_SLIDER_KEY = "threshold_slider"
 DECISION_COLOURS = {"PNEUMONIA": "#c0392b", "NORMAL": "#2e7d5b"}
 
 
@@ -94,15 +95,25 @@ def set_threshold(value: float) -> None:
     st.session_state[THRESHOLD_KEY] = float(value)
 
 
+def _copy_slider_to_threshold() -> None:
+    st.session_state[THRESHOLD_KEY] = st.session_state[_SLIDER_KEY]
+
+
 def threshold_slider() -> float:
-    """The shared decision threshold, in the sidebar of every page."""
+    """The shared decision threshold, in the sidebar of every page.
+
+    The value lives in a plain session-state key (``THRESHOLD_KEY``) that survives page
+    switches; the slider is re-seeded from it on every run and writes back when moved.
+    """
     st.session_state.setdefault(THRESHOLD_KEY, recommended_threshold())
-    return st.sidebar.slider(
+    st.session_state[_SLIDER_KEY] = st.session_state[THRESHOLD_KEY]
+    st.sidebar.slider(
         "Decision threshold on P(pneumonia)", min_value=0.0, max_value=1.0, step=0.001,
-        format="%.3f", key=THRESHOLD_KEY,
+        format="%.3f", key=_SLIDER_KEY, on_change=_copy_slider_to_threshold,
         help="Images at or above this probability are flagged PNEUMONIA. Tune it on the "
              "Threshold explorer page; every page uses the same value.",
     )
+    return current_threshold()
 
 
 def decision_badge(decision: str, threshold: float, muted: bool = False) -> str:

@@ -7,6 +7,7 @@ Screenshots are kept in test-artifacts/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -125,7 +126,11 @@ def test_upload_real_xray_shows_probability_and_overlay(server, browser):
     assert abs(float(value.rstrip("%")) / 100 - expected) < 0.0006
     assert page.get_by_text("Grad-CAM overlay").count() == 1
     assert page.locator('[data-testid="stImage"] img').count() >= 3  # legend, original, overlay
-    assert page.get_by_text("PNEUMONIA" if expected >= 0.5 else "NORMAL").count() >= 1
+    threshold = round(json.loads(config.weights_path(config.METRICS_FILE).read_text())[
+        "thresholds"]["recommended"], 3)
+    assert page.get_by_text("PNEUMONIA" if expected >= threshold else "NORMAL").count() >= 1
+    # the shared threshold slider is still in the sidebar after the upload's reruns
+    assert page.get_by_text("Decision threshold on P(pneumonia)").count() == 1
     page.close()
 
 
