@@ -28,7 +28,7 @@ def write_predictions(path: Path, samples: list[Sample], probs: np.ndarray) -> N
         for s, p in zip(samples, probs):
             writer.writerow({"filename": s.filename, "label": s.label, "class_name": s.class_name,
                              "subtype": s.subtype, "patient": s.patient,
-                             "probability": f"{float(p):.6f}"})
+                             "probability": f"{float(p):.9g}"})
 
 
 def compute_metrics(val: dict[str, np.ndarray], test: dict[str, np.ndarray],
