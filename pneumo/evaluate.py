@@ -21,6 +21,13 @@ from pneumo.data import Sample, load_arrays, load_splits
 PREDICTION_FIELDS = ["filename", "label", "class_name", "subtype", "patient", "probability"]
 
 
+def recommended_threshold(metrics: dict | None) -> float:
+    """The recommended threshold as the app and the CLIs use it (3 decimals), else 0.5."""
+    if not metrics:
+        return config.DEFAULT_THRESHOLD
+    return round(float(metrics["thresholds"]["recommended"]), 3)
+
+
 def write_predictions(path: Path, samples: list[Sample], probs: np.ndarray) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS)

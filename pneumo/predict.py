@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pneumo import config
+from pneumo.evaluate import recommended_threshold
 from pneumo.images import SUPPORTED_EXTENSIONS
 from pneumo.reader import Reading, decide
 
@@ -50,7 +51,7 @@ def default_threshold(weights_dir: Path | None = None) -> float:
     """The recommended threshold from ``metrics.json`` (rounded as the app rounds it), else 0.5."""
     path = Path(weights_dir or config.WEIGHTS_DIR) / config.METRICS_FILE
     try:
-        return round(float(json.loads(path.read_text())["thresholds"]["recommended"]), 3)
+        return recommended_threshold(json.loads(path.read_text()))
     except FileNotFoundError:
         return config.DEFAULT_THRESHOLD
     except (OSError, ValueError, KeyError, TypeError) as err:

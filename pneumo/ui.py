@@ -82,8 +82,9 @@ def thresholds() -> dict[str, float]:
 
 
 def recommended_threshold() -> float:
-    metrics = json_file(config.METRICS_FILE)
-    return round(metrics["thresholds"]["recommended"], 3) if metrics else config.DEFAULT_THRESHOLD
+    from pneumo.evaluate import recommended_threshold as from_metrics
+
+    return from_metrics(json_file(config.METRICS_FILE))
 
 
 def current_threshold() -> float:
