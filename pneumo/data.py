@@ -40,13 +40,16 @@ class Sample:
         return config.CLASS_NAMES[self.label]
 
 
+_PATIENT = re.compile(r"^(?:(?:NORMAL2-)?IM-\d+|person\d+)", re.IGNORECASE)
+
+
 def patient_id(filename: str) -> str:
-    """``person1946_bacteria_4874.jpeg`` -> ``person1946``; ``IM-0115-0001.jpeg`` -> ``IM-0115``;
-    ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``."""
+    """The prefix up to the first number: ``person1946_bacteria_4874.jpeg`` -> ``person1946``;
+    ``IM-0115-0001.jpeg`` -> ``IM-0115``; ``IM-0429-0001-0002.jpeg`` -> ``IM-0429``;
+    ``NORMAL2-IM-1427-0001.jpeg`` -> ``NORMAL2-IM-1427``. Other names are their own patient."""
     stem = Path(filename).stem
-    if stem.lower().startswith("person"):
-        return stem.split("_")[0]
-    return re.sub(r"-\d+$", "", stem)
+    match = _PATIENT.match(stem)
+    return match.group(0) if match else stem
 
 
 def subtype_of(filename: str, label: int) -> str:

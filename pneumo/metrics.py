@@ -70,6 +70,13 @@ def fit_platt(logits, labels, iterations: int = 100) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def log_loss(labels, probabilities, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of probabilities (clipped to [eps, 1 - eps])."""
+    y, p = _arrays(labels, probabilities)
+    p = np.clip(p, eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def confusion(labels, scores, threshold: float) -> dict[str, int]:
     """Counts with the rule 'PNEUMONIA when probability >= threshold'."""
     y, p = _arrays(labels, scores)

@@ -3,11 +3,16 @@
 1. Decode every image once with the app's preprocessing (:func:`pneumo.images.load_image`).
 2. Head-only phase: ImageNet Lite0 features are computed once (no augmentation) and the
    logistic head is fitted on them; its validation AUC is the frozen-feature baseline.
-3. Fine-tuning: blocks from ``--finetune-from`` on are trained with BatchNorm frozen, class
-   weights, radiograph-friendly augmentation (small rotation, shift, zoom, contrast and
-   brightness; no flips: the heart is on the left), early stopping on validation AUC.
-   Every epoch is checkpointed; ``--resume`` continues an interrupted run.
-4. Platt calibration is fitted on validation logits and stored in the model's last layer.
+3. Lung fields: the lung-field segmenter (``weights/lungs.keras``) draws a mask for every
+   training and validation image (never a test mask).
+4. Fine-tuning: blocks from ``--finetune-from`` on are trained with BatchNorm frozen, class
+   weights, augmentation against the film's shortcuts (:mod:`pneumo.augment`: zoom-in crops,
+   translations, rotation, resizing, blur/sharpen, JPEG re-encoding or none, exposure, noise;
+   no flips) and a penalty on the share of the class-activation map that lies outside the
+   lungs (``--lung-penalty``). The checkpoint is chosen by validation log loss (validation
+   AUC is saturated on this data), and the average of the last epochs' weights is kept instead
+   when its validation loss is lower. Every epoch is checkpointed; ``--resume`` continues.
+5. Platt calibration is fitted on validation logits and stored in the model's last layer.
 
 Writes ``pneumo.keras``, ``history.csv`` and ``training.json`` to ``--out``.
 """
@@ -26,8 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 from pneumo import config
+from pneumo.augment import augment_example
 from pneumo.data import class_counts, fingerprint, load_arrays, load_splits
-from pneumo.metrics import fit_platt, roc_auc
+from pneumo.metrics import fit_platt, log_loss, roc_auc
 from pneumo.model import (
     backbone_layers,
     build_classifier,
@@ -35,39 +41,74 @@ from pneumo.model import (
     set_calibration,
 )
 
-HISTORY_FIELDS = ["phase", "epoch", "loss", "auc", "val_loss", "val_auc", "lr", "seconds"]
+HISTORY_FIELDS = ["phase", "epoch", "loss", "auc", "bce", "outside", "val_loss", "val_auc",
+                  "val_outside", "lr", "seconds"]
+CAM_MASS_EPSILON = 1.0  # added to the CAM's total mass so an all-negative map has no penalty
 
 
-def augmentation() -> keras.Sequential:
-    """Mild, anatomy-preserving augmentation for chest radiographs (RGB 0-255 in and out)."""
-    seed = config.SEED
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(8 / 360, fill_mode="constant", seed=seed),
-            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 2),
-            keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 3),
-            keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 4),
-        ],
-        name="augmentation",
-    )
+def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batch_size: int,
+                 seed: int = config.SEED) -> tf.data.Dataset:
+    """Training batches of ((float32 RGB 0-255, lung mask 0/1), label), shuffled and augmented."""
+    ds = tf.data.Dataset.from_tensor_slices((images, masks[..., None], labels[:, None]))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+
+    def prepare(x, m, y):
+        x, m = augment_example(x, m)
+        return (x, m), y
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, train: bool) -> tf.data.Dataset:
-    """Batches of (float32 RGB 0-255, label); shuffled and augmented for training."""
-    ds = tf.data.Dataset.from_tensor_slices((images, labels[:, None]))
-    if train:
-        ds = ds.shuffle(len(images), seed=config.SEED, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    aug = augmentation() if train else None
+def cam_outside_share(features: tf.Tensor, kernel: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """Per image: share of the positive class-activation map outside the lungs.
 
-    def prepare(x, y):
-        x = tf.cast(x, tf.float32)
-        if aug is not None:
-            x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
-        return x, y
+    ``features`` (N, h, w, K) last feature map, ``kernel`` (K, 1) the logit layer's weights,
+    ``masks`` (N, H, W, 1) lung masks 0/1 at the input size (pooled to h x w).
+    """
+    cam = tf.nn.relu(tf.einsum("nhwk,ko->nhw", features, kernel))
+    pool = masks.shape[1] // features.shape[1]
+    lungs = tf.nn.avg_pool2d(masks, pool, pool, "VALID")[..., 0]
+    return tf.reduce_sum(cam * (1.0 - lungs), axis=[1, 2]) / (
+        tf.reduce_sum(cam, axis=[1, 2]) + CAM_MASS_EPSILON)
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+class LungGuidedTraining(keras.Model):
+    """Fine-tunes a classifier on class-weighted log loss + ``penalty`` x CAM share outside lungs."""
+
+    def __init__(self, classifier: keras.Model, weights: dict[int, float], penalty: float):
+        super().__init__()
+        self.classifier = classifier
+        self.parts = keras.Model(classifier.input, [classifier.get_layer(config.LOGIT_LAYER).output,
+                                                    classifier.get_layer(config.CAM_LAYER).output])
+        self.class_weight_values = (float(weights[0]), float(weights[1]))
+        self.penalty = float(penalty)
+        self.auc = keras.metrics.AUC(name="auc")
+        self.means = {k: keras.metrics.Mean(name=k) for k in ("loss", "bce", "outside")}
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [*self.means.values(), self.auc]
+
+    def train_step(self, data):
+        (x, masks), y = data
+        w0, w1 = self.class_weight_values
+        weights = y[:, 0] * w1 + (1.0 - y[:, 0]) * w0
+        variables = self.classifier.trainable_variables
+        with tf.GradientTape() as tape:
+            logit, features = self.parts(x, training=True)
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logit)[:, 0]
+            bce = tf.reduce_sum(bce * weights) / tf.reduce_sum(weights)
+            kernel = self.classifier.get_layer(config.LOGIT_LAYER).kernel
+            outside = tf.reduce_mean(cam_outside_share(features, kernel, masks))
+            loss = bce + self.penalty * outside
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        for name, value in (("loss", loss), ("bce", bce), ("outside", outside)):
+            self.means[name].update_state(value)
+        self.auc.update_state(y, tf.sigmoid(logit))
+        return {m.name: m.result() for m in self.metrics}
 
 
 def class_weights(labels: np.ndarray) -> dict[int, float]:
@@ -99,38 +140,74 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class Checkpoint(keras.callbacks.Callback):
-    """Each epoch: append to history.csv, save last.keras, and best.keras when val AUC improves."""
+class ValidationScorer:
+    """Validation log loss, AUC and CAM share outside the lungs of a classifier (one traced graph)."""
 
-    def __init__(self, out: Path, state: dict, started: float):
+    def __init__(self, classifier: keras.Model, images: np.ndarray, masks: np.ndarray,
+                 labels: np.ndarray):
+        self.images, self.labels = images, labels
+        self.masks = masks[..., None].astype("float32")
+        parts = keras.Model(classifier.input, [classifier.get_layer(config.LOGIT_LAYER).output,
+                                               classifier.get_layer(config.CAM_LAYER).output])
+        kernel = classifier.get_layer(config.LOGIT_LAYER).kernel
+
+        def run(x, m):
+            logit, features = parts(x, training=False)
+            return logit[:, 0], cam_outside_share(features, kernel, m)
+
+        self._run = tf.function(run)
+
+    def __call__(self, batch_size: int = 64) -> dict[str, float]:
+        logits, outside = [], []
+        for i in range(0, len(self.images), batch_size):
+            lo, out = self._run(tf.constant(self.images[i:i + batch_size], tf.float32),
+                                tf.constant(self.masks[i:i + batch_size]))
+            logits.append(lo.numpy())
+            outside.append(out.numpy())
+        logit = np.concatenate(logits)
+        return {"val_loss": log_loss(self.labels, 1.0 / (1.0 + np.exp(-logit))),
+                "val_auc": roc_auc(self.labels, logit),
+                "val_outside": float(np.mean(np.concatenate(outside)))}
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Each epoch: score validation, append to history.csv, save last.keras and the epoch's
+    weights (for averaging), and best.keras when the validation log loss improves."""
+
+    def __init__(self, out: Path, state: dict, started: float, scorer: ValidationScorer,
+                 classifier: keras.Model):
         super().__init__()
         self.out, self.state, self.started = out, state, started
+        self.scorer, self.classifier = scorer, classifier
         self.epoch_started = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        row = {
-            "phase": "finetune",
-            "epoch": epoch + 1,
-            "loss": logs.get("loss"),
-            "auc": logs.get("auc"),
-            "val_loss": logs.get("val_loss"),
-            "val_auc": logs.get("val_auc"),
-            "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            "seconds": round(time.time() - self.epoch_started, 1),
-        }
+        logs = dict(logs or {})
+        logs.update(self.scorer())
+        row = {"phase": "finetune", "epoch": epoch + 1,
+               **{k: float(logs[k]) for k in HISTORY_FIELDS if k in logs},
+               "loss": float(logs["bce"]),  # comparable with the head phase and val_loss
+               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               "seconds": round(time.time() - self.epoch_started, 1)}
         append_history(self.out, row)
+        print(f"\nepoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                  if isinstance(v, float)))
         ckpt = self.out / "checkpoints"
-        if logs.get("val_auc", -1) > self.state.get("best_val_auc", -1):
-            self.state.update(best_val_auc=float(logs["val_auc"]), best_epoch=epoch + 1)
-            self.model.save(ckpt / "best.keras")
-        self.model.save(ckpt / "last.keras")
+        if logs["val_loss"] < self.state.get("best_val_loss", np.inf):
+            self.state.update(best_val_loss=float(logs["val_loss"]), best_val_auc=float(logs["val_auc"]),
+                              best_epoch=epoch + 1)
+            self.classifier.save(ckpt / "best.keras")
+        self.classifier.save(ckpt / "last.keras")
+        self.classifier.save_weights(ckpt / f"epoch{epoch + 1}.weights.h5")
         self.state["epochs_done"] = epoch + 1
         self.state["elapsed_seconds"] = self.state.get("elapsed_before", 0.0) + time.time() - self.started
         (ckpt / "state.json").write_text(json.dumps(self.state, indent=2))
+        if epoch + 1 - self.state["best_epoch"] >= config.EARLY_STOPPING_PATIENCE:
+            print(f"\nno validation-loss improvement for {config.EARLY_STOPPING_PATIENCE} epochs; stopping")
+            self.model.stop_training = True
 
 
 def append_history(out: Path, row: dict) -> None:
@@ -168,65 +245,111 @@ def fit_head(model: keras.Model, x_train, y_train, x_val, y_val, epochs: int, ba
     return baseline
 
 
+def cached_arrays(out: Path, splits: dict, lungs_path: Path) -> dict[str, np.ndarray]:
+    """Decoded train/val images, labels and segmenter lung masks, cached in checkpoints/."""
+    from pneumo.lungs import LungSegmenter
+
+    cache = out / "checkpoints" / "arrays.npz"
+    key = fingerprint(splits["train"] + splits["val"])[:16]
+    if cache.exists():
+        with np.load(cache) as f:
+            if str(f["key"]) == key:
+                print(f"decoded images and lung masks from {cache}")
+                return {k: f[k] for k in f.files}
+    segmenter = LungSegmenter.load(lungs_path)
+    arrays = {"key": np.array(key)}
+    for split in ("train", "val"):
+        images, labels = load_arrays(splits[split])
+        masks = np.stack([f.mask for f in segmenter.fields(images)]) if len(images) else \
+            np.zeros((0, config.IMAGE_SIZE, config.IMAGE_SIZE), bool)
+        arrays.update({f"x_{split}": images, f"y_{split}": labels, f"m_{split}": masks.astype("uint8")})
+    np.savez(cache, **arrays)
+    return arrays
+
+
+def average_weights(model: keras.Model, files: list[Path]) -> None:
+    """Set ``model``'s weights to the mean of the saved weight files."""
+    total = None
+    for path in files:
+        model.load_weights(path)
+        weights = [w.astype("float64") for w in model.get_weights()]
+        total = weights if total is None else [t + w for t, w in zip(total, weights)]
+    model.set_weights([t / len(files) for t in total])
+
+
 def train(args: argparse.Namespace) -> dict:
     started = time.time()
     keras.utils.set_random_seed(config.SEED)
     out: Path = args.out
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args.data)
     if args.limit:
         splits = {k: _limit(v, args.limit) for k, v in splits.items()}
     print({k: class_counts(v) for k, v in splits.items()})
-    x_train, y_train = load_arrays(splits["train"])
-    x_val, y_val = load_arrays(splits["val"])
+    a = cached_arrays(out, splits, args.lungs)
+    x_train, y_train, m_train = a["x_train"], a["y_train"], a["m_train"]
+    x_val, y_val, m_val = a["x_val"], a["y_val"], a["m_val"]
+    steps_per_epoch = int(np.ceil(len(x_train) / args.batch_size))
 
-    state_path = out / "checkpoints" / "state.json"
+    state_path = ckpt / "state.json"
     state = json.loads(state_path.read_text()) if args.resume and state_path.exists() else {}
     if state.get("epochs_done"):
         print(f"resuming after fine-tuning epoch {state['epochs_done']}")
-        model = keras.saving.load_model(out / "checkpoints" / "last.keras")
+        model = keras.saving.load_model(ckpt / "last.keras", compile=False)
         baseline = state["head_val_auc"]
         state["elapsed_before"] = state.get("elapsed_seconds", 0.0)
     else:
         (out / config.HISTORY_FILE).unlink(missing_ok=True)
+        for old in ckpt.glob("epoch*.weights.h5"):
+            old.unlink()
         model = build_classifier(args.imagenet)
         for layer in backbone_layers(model):
             layer.trainable = False
         baseline = fit_head(model, x_train, y_train, x_val, y_val, args.head_epochs,
                             args.batch_size, out)
         state = {"head_val_auc": baseline, "epochs_done": 0}
-        n_trainable = set_finetune_trainable(model, args.finetune_from)
-        print(f"fine-tuning {n_trainable:,} weights from {args.finetune_from} on")
-        steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
-        schedule = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.05)
-        model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss="binary_crossentropy",
-            metrics=[keras.metrics.AUC(name="auc")],
+    n_trainable = set_finetune_trainable(model, args.finetune_from)
+    print(f"fine-tuning {n_trainable:,} weights from {args.finetune_from} on")
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, args.epochs * steps_per_epoch, alpha=0.05)
+    trainer = LungGuidedTraining(model, class_weights(y_train), args.lung_penalty)
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule))
+    trainer.optimizer.build(model.trainable_variables)
+    trainer.optimizer.iterations.assign(state["epochs_done"] * steps_per_epoch)
+    scorer = ValidationScorer(model, x_val, m_val, y_val)
+
+    if state["epochs_done"] < args.epochs:
+        trainer.fit(
+            make_dataset(x_train, m_train, y_train, args.batch_size, seed=config.SEED + state["epochs_done"]),
+            epochs=args.epochs,
+            initial_epoch=state["epochs_done"],
+            callbacks=[Checkpoint(out, state, started, scorer, model), TimeBudget(args.max_minutes, started)],
+            verbose=args.verbose,
         )
 
-    model.fit(
-        make_dataset(x_train, y_train, args.batch_size, train=True),
-        validation_data=make_dataset(x_val, y_val, 64, train=False),
-        epochs=args.epochs,
-        initial_epoch=state["epochs_done"],
-        class_weight=class_weights(y_train),
-        callbacks=[
-            Checkpoint(out, state, started),
-            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max",
-                                          patience=config.EARLY_STOPPING_PATIENCE),
-            TimeBudget(args.max_minutes, started),
-        ],
-        verbose=args.verbose,
-    )
-
-    best = out / "checkpoints" / "best.keras"
-    if best.exists():
-        model = keras.saving.load_model(best, compile=False)
+    # The checkpoint: the best epoch by validation log loss, or the average of the last epochs'
+    # weights when that has a lower validation log loss.
+    best = keras.saving.load_model(ckpt / "best.keras", compile=False)
+    choice = {"best_epoch": state.get("best_epoch"), "best_epoch_val_loss": state.get("best_val_loss")}
+    done = state["epochs_done"]
+    last = [ckpt / f"epoch{e}.weights.h5" for e in range(max(1, done - args.average_last + 1), done + 1)]
+    last = [p for p in last if p.exists()]
+    if len(last) >= 2:
+        averaged = keras.saving.load_model(ckpt / "last.keras", compile=False)
+        average_weights(averaged, last)
+        avg_scores = ValidationScorer(averaged, x_val, m_val, y_val)()
+        choice.update(averaged_epochs=[int(p.name[5:].split(".")[0]) for p in last],
+                      averaged_val_loss=avg_scores["val_loss"], averaged_val_auc=avg_scores["val_auc"])
+        if avg_scores["val_loss"] < state.get("best_val_loss", np.inf):
+            best = averaged
+    choice["chosen"] = "averaged" if best is not None and "averaged_val_loss" in choice and \
+        choice["averaged_val_loss"] < (choice["best_epoch_val_loss"] or np.inf) else "best_epoch"
+    model = best
     val_logits = logit_model(model).predict(x_val, batch_size=64, verbose=0).ravel()
     scale, bias = fit_platt(val_logits, y_val)
     set_calibration(model, scale, bias)
     model.save(out / config.MODEL_FILE)
+    final = ValidationScorer(model, x_val, m_val, y_val)()
 
     report = {
         "model": "EfficientNet-Lite0 (Keras builder, ImageNet init) + logistic head + Platt",
@@ -237,12 +360,19 @@ def train(args: argparse.Namespace) -> dict:
             "early_stopping_patience": config.EARLY_STOPPING_PATIENCE, "seed": config.SEED,
             "val_fraction": config.VAL_FRACTION, "dropout": config.DROPOUT_RATE,
             "class_weights": class_weights(y_train), "limit": args.limit,
+            "lung_penalty": args.lung_penalty, "average_last": args.average_last,
+            "augmentation": "pneumo.augment (crop 50-100 % area, shift, rotation, resize, blur/"
+                            "sharpen, JPEG q30-95 or none, gamma/contrast/brightness, noise)",
+            "checkpoint_rule": "lowest validation log loss; average of the last epochs if lower",
         },
         "splits": {k: class_counts(v) for k, v in splits.items()},
         "patients": {k: len({s.patient for s in v}) for k, v in splits.items()},
         "head_only_val_auc": baseline,
+        "checkpoint": choice,
         "best_epoch": state.get("best_epoch"),
+        "best_val_loss": state.get("best_val_loss"),
         "best_val_auc": state.get("best_val_auc"),
+        "final_val": final,
         "finetune_epochs_run": state.get("epochs_done"),
         "calibration": {"method": "platt", "scale": scale, "bias": bias},
         "duration_minutes": round(
@@ -252,7 +382,7 @@ def train(args: argparse.Namespace) -> dict:
         "data_path": str(args.data),
     }
     (out / config.TRAINING_FILE).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("best_epoch", "best_val_auc", "head_only_val_auc",
+    print(json.dumps({k: report[k] for k in ("checkpoint", "final_val", "head_only_val_auc",
                                              "duration_minutes")}))
     return report
 
@@ -287,6 +417,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=config.FINETUNE_LEARNING_RATE)
     p.add_argument("--batch-size", type=int, default=config.BATCH_SIZE)
     p.add_argument("--imagenet", type=Path, default=config.weights_path(config.IMAGENET_NOTOP_FILE))
+    p.add_argument("--lungs", type=Path, default=config.weights_path(config.LUNG_MODEL_FILE),
+                   help="lung-field segmenter that draws the training masks")
+    p.add_argument("--lung-penalty", type=float, default=config.LUNG_PENALTY,
+                   help="weight of the CAM-mass-outside-the-lungs term (0: off)")
+    p.add_argument("--average-last", type=int, default=config.AVERAGE_LAST_EPOCHS,
+                   help="average the weights of this many last epochs if validation prefers it")
     p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this many minutes")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.keras")
     p.add_argument("--limit", type=int, help="at most N images per class and split (smoke runs)")

@@ -23,9 +23,21 @@ from pneumo.images import load_image
     ("person1_virus_6.jpeg", "person1"),
     ("IM-0115-0001.jpeg", "IM-0115"),
     ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
+    ("IM-0429-0001-0002.jpeg", "IM-0429"),  # a second image of the same child
+    ("IM-0429-0001.jpeg", "IM-0429"),
+    ("NORMAL2-IM-0130-0001-0002.jpeg", "NORMAL2-IM-0130"),
+    ("scan.png", "scan"),
 ])
 def test_patient_id(name, patient):
     assert patient_id(name) == patient
+
+
+def test_no_patient_straddles_the_carved_split(shared_data):
+    """Every image of a child (several-image names included) is on one side only."""
+    train, val = carve_validation(read_split(shared_data, "train"))
+    assert {s.patient for s in train}.isdisjoint({s.patient for s in val})
+    multi = [s for s in train + val if s.filename.count("-") >= 3 and s.filename.startswith("IM-")]
+    assert multi, "the official train split has several-image names such as IM-0429-0001-0002"
 
 
 def test_subtype():
@@ -80,13 +92,9 @@ def test_missing_layout_is_a_clear_error(tmp_path):
         load_splits(tmp_path)
 
 
-def test_training_pipeline_and_app_path_give_the_same_array(kaggle_folder):
-    """The training input pipeline (decode -> tf.data) and the app path (bytes) agree exactly."""
-    from pneumo.train import make_dataset
-
+def test_training_arrays_and_app_path_give_the_same_array(kaggle_folder):
+    """The arrays training and validation start from (decode of a path) equal the app's (bytes)."""
     samples = read_split(kaggle_folder, "train")
-    images, labels = load_arrays(samples, progress=False)
-    batch, _ = next(iter(make_dataset(images, labels, batch_size=len(samples), train=False)))
+    images, _ = load_arrays(samples, progress=False)
     for i, s in enumerate(samples):
-        app_input = load_image(s.path.read_bytes()).astype("float32")
-        np.testing.assert_array_equal(batch[i].numpy(), app_input)
+        np.testing.assert_array_equal(images[i], load_image(s.path.read_bytes()))
