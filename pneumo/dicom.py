@@ -15,6 +15,12 @@ Compressed transfer syntaxes are decoded by whichever pydicom plugins are instal
 (requirements.txt pins pylibjpeg with its libjpeg and openjpeg plugins for JPEG lossless,
 JPEG-LS and JPEG 2000; Pillow covers baseline JPEG; pydicom itself RLE and deflate). Files whose
 syntax no installed plugin decodes get an :class:`ImageError` saying how to re-export them.
+
+Memory: the decoded frame's size is estimated from Rows, Columns, SamplesPerPixel and
+BitsAllocated before anything is decoded, and a file that would take more than
+``config.DECODE_MEMORY_BUDGET_MB`` is refused. The grey-level pipeline then runs a block of rows
+at a time (no full-size float64 copy), and a frame above ``config.DECODE_MAX_PIXELS`` is
+reduced by an integer factor as it goes.
 """
 
 from __future__ import annotations
@@ -31,8 +37,15 @@ from pneumo.images import (
     DecodedImage,
     ImageError,
     _check_size,
+    _finite_range,
     _not_an_image_message,
+    _stretch,
+    check_decode_memory,
+    decode_peak_bytes,
     gray_to_rgb,
+    map_row_blocks,
+    reduction_factor,
+    row_blocks,
     scale_to_uint8,
 )
 
@@ -128,8 +141,12 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
     _check_size(cols, rows)
     frames = _int(ds.get("NumberOfFrames")) or 1
     _require_decoder(syntax)
-    if "PixelData" in ds and _is_compressed(syntax):
+    compressed = _is_compressed(syntax)
+    if "PixelData" in ds and compressed:
         _refuse_embedded_bomb(ds.PixelData)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    factor = reduction_factor(cols, rows)
+    _check_memory(ds, rows, cols, factor, compressed, photometric)
 
     from pydicom.pixels import pixel_array
 
@@ -139,25 +156,30 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
         raise
     except Exception as err:
         raise ImageError(_BAD_PIXELS) from err
+    for name in _PIXEL_DATA:  # the encoded copy is no longer needed
+        if name in ds:
+            del ds[name]
     if frames > 1:
         notes.append(f"The DICOM file holds {frames} frames; only the first was read.")
 
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if pixels.ndim == 2 and photometric in ("MONOCHROME1", "MONOCHROME2", ""):
-        gray = _grey_levels(pixels, ds, notes)
+        gray = _grey_levels(pixels, ds, notes, factor)
+        del pixels
         if photometric == "MONOCHROME1":
             gray = 255 - gray  # MONOCHROME1: the minimum value is shown white
         return DecodedImage(gray_to_rgb(gray), notes)
     if pixels.ndim == 2 and photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        try:
-            rgb = np.asarray(apply_color_lut(pixels, ds))
-        except Exception as err:
-            raise ImageError(_BAD_PIXELS) from err
-        return DecodedImage(_rgb_uint8(rgb), notes)
+        def colours(block: np.ndarray) -> np.ndarray:
+            try:
+                return np.asarray(apply_color_lut(block, ds))
+            except Exception as err:
+                raise ImageError(_BAD_PIXELS) from err
+
+        return DecodedImage(_rgb_uint8(pixels, factor, colours), notes)
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB; pydicom has converted YBR to RGB
-        return DecodedImage(_rgb_uint8(pixels), notes)
+        return DecodedImage(_rgb_uint8(pixels, factor), notes)
     raise ImageError(
         "This DICOM image uses a pixel layout or colour encoding pneumo does not support. "
         "Export it as a greyscale (MONOCHROME2) DICOM, a PNG or a JPEG and re-upload it."
@@ -206,6 +228,32 @@ def _require_decoder(syntax) -> None:
     )
 
 
+# --- memory ----------------------------------------------------------------------------------
+
+
+def _check_memory(ds, rows: int, cols: int, factor: int, compressed: bool, photometric: str) -> None:
+    """Refuse, from the header, a frame whose decoding would exceed the per-image memory budget.
+
+    pydicom decodes the whole frame (one sample in 1, 2, 4 or 8 bytes); a compressed frame's
+    decoder also works in 32-bit integers (measured with pylibjpeg-openjpeg: about 4.5 bytes per
+    sample beside the output). The encoded pixel data held in the data set is counted too.
+    """
+    samples = _int(ds.get("SamplesPerPixel")) or 1
+    bits = _int(ds.get("BitsAllocated")) or 16
+    sample_bytes = 1 if bits <= 8 else 2 if bits <= 16 else 4 if bits <= 32 else 8
+    if "FloatPixelData" in ds:
+        sample_bytes = 4
+    elif "DoubleFloatPixelData" in ds:
+        sample_bytes = 8
+    decoded = rows * cols * samples * sample_bytes
+    encoded = sum(len(ds[name].value or b"") for name in _PIXEL_DATA if name in ds)
+    grey = samples == 1 and photometric != "PALETTE COLOR"
+    transient = rows * cols * samples * 9 // 2 if compressed else 0
+    need = encoded + decode_peak_bytes(decoded, transient,
+                                       (rows // factor) * (cols // factor), grey)
+    check_decode_memory(cols, rows, need, f"DICOM, {samples} x {bits}-bit")
+
+
 # --- bombs -----------------------------------------------------------------------------------
 
 
@@ -214,14 +262,17 @@ def _refuse_deflate_bomb(data: bytes, start: int) -> None:
     end = _file_meta_end(data, start)
     if end is None or _DEFLATED not in data[start:end]:
         return
+    # pydicom holds the inflated data set and a copy of its pixel data, then decodes the pixels:
+    # measured, about 3.8 times the inflated size, which must fit the per-image memory budget.
+    limit = min(MAX_INFLATED_BYTES, (config.DECODE_MEMORY_BUDGET_MB << 20) // 4)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total, pending = 0, data[end:]
+    total, pending = 0, memoryview(data)[end:]
     try:
         while pending and not inflater.eof:
             total += len(inflater.decompress(pending, 1 << 24))
-            if total > MAX_INFLATED_BYTES:
+            if total > limit:
                 raise ImageError(
-                    f"The compressed DICOM file unpacks to more than {MAX_INFLATED_BYTES >> 20:,} MB, "
+                    f"The compressed DICOM file unpacks to more than {limit >> 20:,} MB, "
                     "too much to open safely. Export it uncompressed (Explicit VR Little Endian) "
                     "or as PNG and re-upload it."
                 )
@@ -297,28 +348,48 @@ def _codestream_size(frag: bytes) -> tuple[int, int] | None:
 # --- grey levels -----------------------------------------------------------------------------
 
 
-def _grey_levels(pixels: np.ndarray, ds, notes: list[str]) -> np.ndarray:
-    """Stored values -> modality LUT -> VOI LUT / window -> uint8 0..255.
+def _grey_levels(pixels: np.ndarray, ds, notes: list[str], factor: int = 1) -> np.ndarray:
+    """Stored values -> modality LUT -> VOI LUT / window -> uint8 0..255, reduced ``factor`` times.
 
     Without a VOI LUT or window, 8-bit values are kept as stored and deeper ones are stretched
-    linearly from their minimum to their maximum, as for 8- and 16-bit PNGs.
+    linearly from their minimum to their maximum, as for 8- and 16-bit PNGs. Runs a block of rows
+    at a time: the float64 values of one block exist at once, never of the whole frame.
     """
     attrs = _frame_attributes(ds)
     little = _little_endian(ds)
-    values = _modality(pixels, attrs, little)
+    modality = _modality_function(attrs, little)
+    height, width = pixels.shape
+
+    def mapped(to_uint8) -> np.ndarray:
+        return map_row_blocks(height, width, factor, lambda rows: to_uint8(modality(pixels[rows])))
+
     if attrs.get("VOILUTSequence"):
         try:
-            lut_values, lo, hi = _apply_lut(values, attrs["VOILUTSequence"][0], little)
-            return _linear_uint8(lut_values, lo, hi)
+            lut, first = _read_lut(attrs["VOILUTSequence"][0], little)
         except Exception:
             notes.append("The DICOM VOI LUT could not be read; a window or a full-range stretch "
                          "was used instead.")
-    windowed = _window(values, attrs)
-    if windowed is not None:
-        return windowed
-    if pixels.dtype == np.uint8 and np.array_equal(values, pixels):
-        return np.array(pixels)  # 8-bit without any LUT: shown as stored, like an 8-bit PNG
-    return scale_to_uint8(values)
+        else:
+            lo, hi = float(lut.min()), float(lut.max())
+            if hi > lo:
+                return mapped(lambda values: _linear_uint8(_lookup(values, lut, first), lo, hi))
+            return _stretched(height, width, factor,
+                              lambda rows: _lookup(modality(pixels[rows]), lut, first))
+    window = _window_function(attrs)
+    if window is not None:
+        return mapped(window)
+    if pixels.dtype == np.uint8 and all(np.array_equal(modality(pixels[rows]), pixels[rows])
+                                        for rows in row_blocks(height, width)):
+        # 8-bit without any LUT: shown as stored, like an 8-bit PNG
+        return np.array(pixels) if factor == 1 else map_row_blocks(
+            height, width, factor, lambda rows: pixels[rows])
+    return _stretched(height, width, factor, lambda rows: modality(pixels[rows]))
+
+
+def _stretched(height: int, row_values: int, factor: int, values_of) -> np.ndarray:
+    """:func:`scale_to_uint8` of the values ``values_of(rows)`` gives, one block of rows at a time."""
+    value_range = _finite_range(values_of(rows) for rows in row_blocks(height, row_values))
+    return map_row_blocks(height, row_values, factor, lambda rows: _stretch(values_of(rows), value_range))
 
 
 def _frame_attributes(ds) -> dict:
@@ -348,21 +419,28 @@ def _little_endian(ds) -> bool:
         return True
 
 
-def _modality(pixels: np.ndarray, attrs: dict, little: bool) -> np.ndarray:
-    """Stored values -> modality values (e.g. Hounsfield units, optical density), float64."""
+def _modality_function(attrs: dict, little: bool):
+    """Stored values -> modality values (e.g. Hounsfield units, optical density), float64.
+
+    The modality LUT, if any, is read here (a broken one fails now, as a damaged file).
+    """
     if attrs.get("ModalityLUTSequence"):
-        values, _, _ = _apply_lut(pixels, attrs["ModalityLUTSequence"][0], little)
-        return values
+        lut, first = _read_lut(attrs["ModalityLUTSequence"][0], little)
+        return lambda pixels: _lookup(pixels, lut, first)
     slope = _number(attrs.get("RescaleSlope"), 1.0)
     intercept = _number(attrs.get("RescaleIntercept"), 0.0)
-    values = pixels.astype(np.float64)
     if slope == 0.0:  # invalid: would flatten the image
         slope = 1.0
-    if slope != 1.0:
-        values *= slope
-    if intercept != 0.0:
-        values += intercept
-    return values
+
+    def rescale(pixels: np.ndarray) -> np.ndarray:
+        values = pixels.astype(np.float64)
+        if slope != 1.0:
+            values *= slope
+        if intercept != 0.0:
+            values += intercept
+        return values
+
+    return rescale
 
 
 def _number(value, default: float | None) -> float | None:
@@ -380,8 +458,8 @@ def _number(value, default: float | None) -> float | None:
     return number if np.isfinite(number) else default
 
 
-def _apply_lut(values: np.ndarray, item, little: bool) -> tuple[np.ndarray, float, float]:
-    """Apply a LUT item (LUT Descriptor + LUT Data); returns values and the LUT's output range."""
+def _read_lut(item, little: bool) -> tuple[np.ndarray, int]:
+    """A LUT item (LUT Descriptor + LUT Data) -> (its entries as float64, the first mapped value)."""
     descriptor = [int(v) for v in item.LUTDescriptor]
     entries, first = descriptor[0] or 65536, descriptor[1]
     raw = item.LUTData
@@ -392,8 +470,13 @@ def _apply_lut(values: np.ndarray, item, little: bool) -> tuple[np.ndarray, floa
     lut = lut[:entries].astype(np.float64)
     if lut.size == 0:
         raise ValueError("empty LUT")
+    return lut, first
+
+
+def _lookup(values: np.ndarray, lut: np.ndarray, first: int) -> np.ndarray:
+    """Apply a LUT read by :func:`_read_lut`; values outside it take its first or last entry."""
     index = np.clip(np.rint(values) - first, 0, lut.size - 1).astype(np.intp)
-    return lut[index], float(lut.min()), float(lut.max())
+    return lut[index]
 
 
 def _linear_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -403,28 +486,42 @@ def _linear_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def _window(values: np.ndarray, attrs: dict) -> np.ndarray | None:
-    """Window centre/width (PS3.3 C.11.2.1.2) to 0..255; None if there is no usable window."""
+def _window_function(attrs: dict):
+    """Window centre/width (PS3.3 C.11.2.1.2) as a function values -> uint8 0..255; None if there
+    is no usable window."""
     center = _number(attrs.get("WindowCenter"), None)
     width = _number(attrs.get("WindowWidth"), None)
     if center is None or width is None:
         return None
     function = str(attrs.get("VOILUTFunction") or "LINEAR").strip().upper()
     if function == "SIGMOID" and width > 0:
-        out = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+        def window(values):
+            return 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
     elif function == "LINEAR_EXACT" and width > 0:
-        out = ((values - center) / width + 0.5) * 255.0
+        def window(values):
+            return ((values - center) / width + 0.5) * 255.0
     elif width >= 1:  # LINEAR, also for an unknown function name
         if width == 1:
-            out = np.where(values > center - 0.5, 255.0, 0.0)
+            def window(values):
+                return np.where(values > center - 0.5, 255.0, 0.0)
         else:
-            out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+            def window(values):
+                return ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
     else:
         return None
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return lambda values: np.clip(np.round(window(values)), 0, 255).astype(np.uint8)
 
 
-def _rgb_uint8(rgb: np.ndarray) -> np.ndarray:
-    if rgb.dtype == np.uint8:
-        return rgb
-    return scale_to_uint8(rgb)
+def _rgb_uint8(pixels: np.ndarray, factor: int = 1, colours=None) -> np.ndarray:
+    """(h, w, 3) RGB, or (h, w) palette indices through ``colours``, -> RGB uint8 reduced ``factor``
+    times; samples deeper than 8 bits are stretched over their whole range, one block at a time."""
+    height, row_values = pixels.shape[0], pixels.shape[1] * 3
+
+    def values_of(rows: slice) -> np.ndarray:
+        return colours(pixels[rows]) if colours else pixels[rows]
+
+    if values_of(slice(0, 1)).dtype == np.uint8:
+        if colours is None and factor == 1:
+            return pixels
+        return map_row_blocks(height, row_values, factor, values_of)
+    return _stretched(height, row_values, factor, values_of)

@@ -8,6 +8,12 @@ Whatever the bytes, :func:`decode_image` returns a :class:`DecodedImage` or rais
 :class:`ImageError`, whose message is meant for the person who uploaded the file: it says what
 is wrong and what to do. No other exception type leaves it. Sizes are checked from the file's
 header before any pixel is decoded, and truncated files are refused rather than padded with grey.
+
+Memory: decoding one image takes at most about ``config.DECODE_MEMORY_BUDGET_MB`` beyond the
+file's bytes. From the header, images above ``config.DECODE_MAX_PIXELS`` are decoded reduced by
+an integer factor (JPEG in the decoder itself, via ``draft``; other formats strip by strip as they
+are converted, so no full-size copy is made), and a file whose decoder alone would need more than
+the budget is refused with a message. Smaller images are decoded exactly as before, at full size.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
 from pneumo import config
 
@@ -47,7 +54,8 @@ class ImageError(ValueError):
 
 @dataclass
 class DecodedImage:
-    """A decoded image at its own resolution, RGB uint8, with notes for the reader."""
+    """A decoded image at its own resolution (reduced above ``config.DECODE_MAX_PIXELS``), RGB
+    uint8, with notes for the reader."""
 
     rgb: np.ndarray
     notes: list[str] = field(default_factory=list)
@@ -59,7 +67,11 @@ def is_dicom(data: bytes) -> bool:
 
 
 def decode_image(data: bytes) -> DecodedImage:
-    """Decode file bytes to an RGB uint8 array at full resolution, or raise :class:`ImageError`."""
+    """Decode file bytes to an RGB uint8 array, or raise :class:`ImageError`.
+
+    Full resolution up to ``config.DECODE_MAX_PIXELS``; larger images come reduced by an integer
+    factor per side (see the module's note on memory).
+    """
     try:
         data = _as_bytes(data)
         if not data:
@@ -132,8 +144,9 @@ def _decode_raster(data: bytes) -> DecodedImage:
                 notes.append(f"The file holds {frames} frames/pages; only the first was read.")
                 img.seek(0)
                 _check_size(*img.size)
+            factor = _plan_raster(img, data)  # from the header: may refuse, or ask the JPEG decoder to reduce
             img.load()
-            img = _apply_exif_orientation(img, notes)
+            orientation = _exif_orientation(img, notes)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -150,48 +163,71 @@ def _decode_raster(data: bytes) -> DecodedImage:
         raise ImageError(
             f"The image is damaged (it could not be decoded). {_TRY_AGAIN}"
         ) from err
-    return DecodedImage(_to_rgb_uint8(img, notes), notes)
+    try:
+        pixels = _to_uint8(img, factor, notes)
+    finally:
+        img.close()  # frees the decoder's full-size copy before the RGB one is made
+    return DecodedImage(gray_to_rgb(_orient(pixels, orientation)) if pixels.ndim == 2
+                        else np.ascontiguousarray(_orient(pixels, orientation)), notes)
 
 
-def _apply_exif_orientation(img: Image.Image, notes: list[str]) -> Image.Image:
-    """Rotate/flip as the EXIF Orientation tag says; a broken EXIF block leaves the image as stored."""
+def _exif_orientation(img: Image.Image, notes: list[str]) -> int:
+    """The EXIF Orientation tag (1-8); a broken EXIF block gives 1 (as stored) and a note."""
     try:
         orientation = img.getexif().get(0x0112)  # Orientation
     except Exception:
         notes.append("The file's EXIF data is damaged; the image is shown as stored, unrotated.")
-        return img
-    method = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_270,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_90,
-    }.get(orientation if isinstance(orientation, int) else 1)
-    return img if method is None else img.transpose(method)
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 
-def _to_rgb_uint8(img: Image.Image, notes: list[str]) -> np.ndarray:
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip an (h, w[, c]) array as EXIF Orientation says (a view; PIL's transposes)."""
+    if orientation in (5, 6, 7, 8):
+        a = a.swapaxes(0, 1)  # 5: transpose; 6 (rotate 270): transpose + flip left-right, ...
+    if orientation in (2, 3, 6, 7):
+        a = a[:, ::-1]
+    if orientation in (3, 4, 7, 8):
+        a = a[::-1]
+    return a
+
+
+def _to_uint8(img: Image.Image, factor: int, notes: list[str]) -> np.ndarray:
+    """A loaded image -> (h, w) grey or (h, w, 3) RGB uint8, reduced ``factor`` times per side.
+
+    Converted a strip of rows at a time into the output, so no full-size temporary is made:
+    high-bit-depth and float images are stretched as :func:`scale_to_uint8` does (its range from
+    a first pass), transparency is shown as black, everything else goes through PIL's RGB.
+    """
     mode = img.mode
     if mode in _HIGH_DEPTH_MODES:
-        return gray_to_rgb(scale_to_uint8(np.asarray(img)))
+        width = img.size[0]
+        value_range = _finite_range(np.asarray(img.crop((0, rows.start, width, rows.stop)))
+                                    for rows in row_blocks(img.size[1], width))
+        return _reduce_strips(img, factor, lambda s: _stretch(np.asarray(s), value_range))
     if mode in ("1", "L"):
-        return gray_to_rgb(np.array(img.convert("L"), dtype=np.uint8))
-    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        if rgba.getextrema()[3][0] < 255:
-            notes.append("Transparent parts of the image were shown as black.")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba)
-    try:
-        rgb = img.convert("RGB")
-    except ValueError as err:  # e.g. LAB or HSV TIFFs
-        raise ImageError(
-            f"The image uses a colour mode ({mode}) pneumo cannot convert. "
-            "Export it as an 8-bit greyscale or RGB PNG or JPEG and re-upload it."
-        ) from err
-    return np.array(rgb, dtype=np.uint8)
+        return _reduce_strips(img, factor, lambda s: np.asarray(s.convert("L"), dtype=np.uint8))
+    alpha = mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info)
+    transparent = False
+
+    def to_rgb(strip: Image.Image) -> np.ndarray:
+        nonlocal transparent
+        if alpha:
+            rgba = strip.convert("RGBA")
+            transparent = transparent or rgba.getextrema()[3][0] < 255
+            strip = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+        try:
+            return np.asarray(strip.convert("RGB"), dtype=np.uint8)
+        except ValueError as err:  # e.g. LAB or HSV TIFFs
+            raise ImageError(
+                f"The image uses a colour mode ({mode}) pneumo cannot convert. "
+                "Export it as an 8-bit greyscale or RGB PNG or JPEG and re-upload it."
+            ) from err
+
+    rgb = _reduce_strips(img, factor, to_rgb)
+    if transparent:
+        notes.append("Transparent parts of the image were shown as black.")
+    return rgb
 
 
 _SIGNATURES = {
@@ -280,21 +316,202 @@ def scale_to_uint8(gray: np.ndarray) -> np.ndarray:
     """Stretch a high-bit-depth (or float) array linearly to 0-255.
 
     NaN and infinite values are ignored for the range and shown as black (NaN, -inf) or white
-    (+inf); an array without any finite spread gives zeros.
+    (+inf); an array without any finite spread gives zeros. Works a block of rows at a time,
+    so a large array costs its uint8 result and a few MB, never a float64 copy of it.
     """
-    gray = np.asarray(gray, dtype=np.float64)
-    finite = np.isfinite(gray)
-    if not finite.all():
-        if not finite.any():
-            return np.zeros(gray.shape, dtype=np.uint8)
-        lo, hi = float(gray[finite].min()), float(gray[finite].max())
-        gray = np.nan_to_num(gray, nan=lo, posinf=hi, neginf=lo)
-    else:
-        lo, hi = (float(gray.min()), float(gray.max())) if gray.size else (0.0, 0.0)
-    if hi <= lo:
-        return np.zeros(gray.shape, dtype=np.uint8)
-    out = (gray - lo) * (255.0 / (hi - lo))
+    gray = np.asarray(gray)
+    if gray.ndim == 0:
+        return _stretch(gray, _finite_range([gray]))
+    blocks = row_blocks(gray.shape[0], gray[0].size if gray.shape[0] else 1)
+    value_range = _finite_range(gray[rows] for rows in blocks)
+    out = np.empty(gray.shape, dtype=np.uint8)
+    for rows in blocks:
+        out[rows] = _stretch(gray[rows], value_range)
+    return out
+
+
+def _finite_range(blocks: Iterable[np.ndarray]) -> tuple[float, float] | None:
+    """(min, max) of the finite values over all blocks; None if there are none."""
+    lo = hi = None
+    for block in blocks:
+        block = np.asarray(block)
+        if block.dtype.kind in "biu":
+            if not block.size:
+                continue
+            b_lo, b_hi = float(block.min()), float(block.max())
+        else:
+            block = np.asarray(block, dtype=np.float64)
+            finite = block[np.isfinite(block)]
+            if not finite.size:
+                continue
+            b_lo, b_hi = float(finite.min()), float(finite.max())
+        lo = b_lo if lo is None else min(lo, b_lo)
+        hi = b_hi if hi is None else max(hi, b_hi)
+    return None if lo is None else (lo, hi)
+
+
+def _stretch(values: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """Map ``value_range`` linearly onto 0-255 (non-finite values as :func:`scale_to_uint8` says)."""
+    values = np.asarray(values, dtype=np.float64)
+    if value_range is None or value_range[1] <= value_range[0]:
+        return np.zeros(values.shape, dtype=np.uint8)
+    lo, hi = value_range
+    if not np.isfinite(values).all():
+        values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    out = (values - lo) * (255.0 / (hi - lo))
     return np.clip(np.round(out, out=out), 0, 255, out=out).astype(np.uint8)
+
+
+# --- memory bound -----------------------------------------------------------------------------
+
+_BLOCK_VALUES = 1 << 20  # values converted at a time (a float64 block is 8 MB)
+_WORKING_BYTES = 48 << 20  # the block being converted, its float64 temporaries and slack
+
+
+def row_blocks(height: int, row_values: int, factor: int = 1) -> list[slice]:
+    """Slices of about ``_BLOCK_VALUES`` values covering ``height`` rows, each a multiple of ``factor``.
+
+    With ``factor > 1`` the last ``height % factor`` rows are left out (see :func:`reduce_area`).
+    """
+    step = max(factor, _BLOCK_VALUES // max(int(row_values), 1) // factor * factor)
+    end = height - height % factor
+    return [slice(y, min(y + step, end)) for y in range(0, end, step)] or [slice(0, 0)]
+
+
+def map_row_blocks(height: int, row_values: int, factor: int,
+                   to_uint8: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """Stack ``reduce_area(to_uint8(rows), factor)`` over :func:`row_blocks` into one uint8 array."""
+    out = None
+    for rows in row_blocks(height, row_values, factor):
+        part = reduce_area(np.asarray(to_uint8(rows)), factor)
+        if out is None:
+            out = np.empty((height // factor,) + part.shape[1:], dtype=np.uint8)
+        out[rows.start // factor: rows.stop // factor] = part
+    return out
+
+
+def reduction_factor(width: int, height: int) -> int:
+    """The smallest integer factor that brings an image to at most ``config.DECODE_MAX_PIXELS``."""
+    factor = 1
+    while (width // factor) * (height // factor) > config.DECODE_MAX_PIXELS:
+        factor += 1
+    return factor
+
+
+def reduce_area(a: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks of a uint8 (h, w[, c]) array (a trailing partial block
+    is dropped): an (h // factor, w // factor[, c]) array."""
+    if factor == 1:
+        return a
+    h, w = a.shape[0] // factor, a.shape[1] // factor
+    a = np.ascontiguousarray(a[: h * factor, : w * factor])
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA).reshape((h, w) + a.shape[2:])
+
+
+def decode_peak_bytes(stored: int, transient: int, out_pixels: int, grey: bool) -> int:
+    """Estimated peak extra memory of one decode, the largest of its three phases.
+
+    Decoding: the decoder's full-size image (``stored`` bytes) and its own buffers (``transient``:
+    JPEG coefficients, a TIFF strip, WebP's canvas). Converting: the image, one block and the
+    uint8 output. After: the output, its RGB copy and an EXIF-rotated copy.
+    """
+    decoding = stored + transient
+    converting = stored + _WORKING_BYTES + out_pixels * (1 if grey else 3)
+    after = out_pixels * (5 if grey else 6)
+    return max(decoding, converting, after)
+
+
+def check_decode_memory(width: int, height: int, need: int, what: str) -> None:
+    """Refuse an image whose decode is estimated to need more than the per-image memory budget."""
+    if need > config.DECODE_MEMORY_BUDGET_MB << 20:
+        raise ImageError(
+            f"The image is {width}x{height} pixels ({what}); decoding it would take about "
+            f"{need >> 20:,} MB of memory, more than the {config.DECODE_MEMORY_BUDGET_MB} MB pneumo "
+            "allows for one image. Export it at a lower resolution (4000 pixels on the long side "
+            "is plenty) or as 8-bit greyscale PNG or JPEG, and re-upload it."
+        )
+
+
+def _pil_bytes_per_pixel(mode: str) -> int:
+    """What PIL stores per pixel (three-band and two-band images take four bytes)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _transient_bytes(img: Image.Image, data: bytes, width: int, height: int) -> int:
+    """The decoder's own buffers beside the image, from the header (full-size ``width`` x ``height``).
+
+    A progressive or multi-scan JPEG keeps every DCT coefficient (2 bytes per sample, whatever
+    the draft scale); libtiff reads a strip or tile of raw samples at a time (a single-strip file:
+    the whole image); WebP decodes into its own RGBA canvas, which is copied twice (measured:
+    about 12 bytes per pixel beside PIL's 4).
+    """
+    if isinstance(img, JpegImagePlugin.JpegImageFile):
+        if not (img.info.get("progressive") or _jpeg_has_several_scans(data)):
+            return 0
+        layers = getattr(img, "layer", None) or [("", 1, 1, 0)]
+        h_max, v_max = max(layer[1] for layer in layers), max(layer[2] for layer in layers)
+        return sum(-(-width * layer[1] // (8 * h_max)) * -(-height * layer[2] // (8 * v_max)) * 128
+                   for layer in layers)
+    if img.format == "TIFF":
+        tags = getattr(img, "tag_v2", {})
+        bits = tags.get(258, (8,))
+        bytes_per_pixel = -(-sum(bits if isinstance(bits, tuple) else (bits,)) // 8)
+        if 322 in tags and 323 in tags:  # TileWidth, TileLength
+            return int(tags[322]) * int(tags[323]) * bytes_per_pixel
+        return min(int(tags.get(278, height) or height), height) * width * bytes_per_pixel
+    if img.format == "WEBP":
+        return width * height * 12
+    return 0
+
+
+def _jpeg_has_several_scans(data: bytes) -> bool:
+    """Whether a start-of-scan marker follows the first scan (entropy-coded data never holds one)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return True  # not where a marker should be: assume the worst
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # the first scan: look for another before the end of this image
+            end = data.find(b"\xff\xd9", pos + 2)
+            return data.find(b"\xff\xda", pos + 2, len(data) if end == -1 else end) != -1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return False
+
+
+def _plan_raster(img: Image.Image, data: bytes) -> int:
+    """From the header: the reduction factor left to apply after decoding, or an ImageError.
+
+    A JPEG larger than ``config.DECODE_MAX_PIXELS`` is asked to decode at 1/2, 1/4 or 1/8 scale
+    (``draft``, keeping its mode); other formats decode full size and are reduced as converted.
+    """
+    width, height = img.size
+    factor = reduction_factor(width, height)
+    if factor > 1 and isinstance(img, JpegImagePlugin.JpegImageFile):
+        scale = next((s for s in (2, 4, 8) if s >= factor), 8)
+        img.draft(img.mode, (width // scale, height // scale))
+        factor = reduction_factor(*img.size)
+    w, h = img.size
+    need = decode_peak_bytes(w * h * _pil_bytes_per_pixel(img.mode),
+                             _transient_bytes(img, data, width, height),
+                             (w // factor) * (h // factor),
+                             img.mode in _HIGH_DEPTH_MODES or img.mode in ("1", "L"))
+    check_decode_memory(width, height, need, f"{img.format or 'image'}, {img.mode}")
+    return factor
+
+
+def _reduce_strips(img: Image.Image, factor: int,
+                   convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """``convert`` each strip of rows of a loaded image to uint8 and :func:`map_row_blocks` them."""
+    width, height = img.size
+    return map_row_blocks(height, width * len(img.getbands()), factor,
+                          lambda rows: convert(img.crop((0, rows.start, width, rows.stop))))
 
 
 def gray_to_rgb(gray: np.ndarray) -> np.ndarray:

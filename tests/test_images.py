@@ -425,3 +425,247 @@ def mutated(draw):
 @given(mutated())
 def test_mutated_valid_files(data):
     _image_or_image_error(data)
+
+
+# --- memory bound on decoding ----------------------------------------------------------------
+
+# Run in a fresh interpreter: reads a file made by the test, resets the kernel's peak-RSS mark
+# (/proc/self/clear_refs), decodes, and reports the peak above the RSS just before, so every
+# allocation counts (PIL's and the decoders' C buffers as well as numpy's). Nothing large is
+# allocated in it before, so freed-but-resident memory cannot hide part of the peak. Run with
+# "calibrate" instead of a file, it measures known PIL and numpy allocations the same way.
+_MEASURE = r"""
+import gc, json, sys
+import numpy as np
+from PIL import Image
+from pneumo.images import decode_image, to_model_input
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+def peak_extra(fn):
+    gc.collect()
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    result = fn()
+    return status("VmHWM") - before, result
+
+if sys.argv[1] == "calibrate":
+    pil, _ = peak_extra(lambda: Image.new("I;16", (8900, 4450), 7))  # 79 MB in PIL
+    numpy, _ = peak_extra(lambda: np.full(80 << 20, 7, np.uint8))  # 80 MB in numpy
+    print(json.dumps({"pil": pil, "numpy": numpy}))
+else:
+    with open(sys.argv[1], "rb") as f:
+        data = f.read()
+    def decode():
+        decoded = decode_image(data)
+        return decoded.rgb, to_model_input(decoded.rgb)
+    extra, (rgb, model_input) = peak_extra(decode)
+    np.save(sys.argv[2], rgb)
+    np.save(sys.argv[3], model_input)
+    print(json.dumps({"extra": extra}))
+"""
+
+
+def _png16_checkerboard(side: int, cell: int) -> bytes:
+    """A 16-bit grey PNG written row by row (a few MB of memory): a checkerboard of ``cell`` px
+    squares of 1000 and 61000, the centre square 31000."""
+    compressor, idat = zlib.compressobj(1), []
+    centre = side // cell // 2
+    for y in range(side):
+        cells = np.arange(side) // cell
+        row = np.where((cells + y // cell) % 2 == 1, 61000, 1000).astype(">u2")
+        if y // cell == centre:
+            row[cells == centre] = 31000
+        idat.append(compressor.compress(b"\x00" + row.tobytes()))
+    idat.append(compressor.flush())
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(idat))
+            + chunk(b"IEND", b""))
+
+
+def _jpeg_stripes(side: int, cell: int) -> bytes:
+    """An RGB JPEG of vertical stripes ``cell`` px wide, light (220) then dark (40)."""
+    img = Image.new("RGB", (side, side), (40, 40, 40))
+    for x in range(0, side, 2 * cell):
+        img.paste((220, 220, 220), (x, 0, x + cell, side))
+    return gen.encode(img, "JPEG", quality=90)
+
+
+def _run_measure(*args: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak-RSS mark")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True, text=True,
+                          env=env, cwd=env["PYTHONPATH"], timeout=300)
+    if done.returncode and "clear_refs" in done.stderr:
+        pytest.skip("cannot reset the peak-RSS mark here: " + done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _decode_in_subprocess(tmp_path, data: bytes) -> tuple[int, np.ndarray, np.ndarray]:
+    """(peak extra bytes, decoded RGB, model input) of decoding ``data`` in a fresh interpreter."""
+    calibration = _run_measure("calibrate")  # the measurement sees PIL's and numpy's allocations
+    assert calibration["pil"] > 75 << 20 and calibration["numpy"] > 75 << 20, calibration
+    files = [tmp_path / name for name in ("file.bin", "rgb.npy", "input.npy")]
+    files[0].write_bytes(data)
+    figures = _run_measure(*map(str, files))
+    return figures["extra"], np.load(files[1]), np.load(files[2])
+
+
+def test_16bit_png_near_the_pixel_limit_decodes_reduced_within_the_memory_budget(tmp_path):
+    side, cell = 8900, 1780  # 79.2 Mpx, just under config.MAX_IMAGE_PIXELS; a 5x5 checkerboard
+    assert side * side <= config.MAX_IMAGE_PIXELS
+    extra, rgb, model_input = _decode_in_subprocess(tmp_path, _png16_checkerboard(side, cell))
+    assert extra <= config.DECODE_MEMORY_BUDGET_MB << 20, extra >> 20  # was about 1.5 GB
+
+    assert rgb.shape == (side // 2, side // 2, 3)  # reduced 2x: 19.8 Mpx <= DECODE_MAX_PIXELS
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
+
+    def expected(i: int, j: int) -> int:  # 1000 -> 0, 61000 -> 255, 31000 -> 128 (the stretch)
+        return 128 if i == j == 2 else 255 if (i + j) % 2 else 0
+
+    for i in range(5):
+        for j in range(5):
+            y, x = (i * cell + cell // 2) // 2, (j * cell + cell // 2) // 2
+            block = rgb[y - 300:y + 300, x - 300:x + 300, 0]
+            assert (block == expected(i, j)).all(), (i, j)
+            yi, xj = (i * cell + cell // 2) * 224 // side, (j * cell + cell // 2) * 224 // side
+            assert abs(int(model_input[yi, xj, 0]) - expected(i, j)) <= 1, (i, j)
+
+
+def test_large_jpeg_is_decoded_reduced_by_the_jpeg_decoder(tmp_path):
+    side, cell = 6000, 600  # 36 Mpx > DECODE_MAX_PIXELS: decoded at 1/2 scale (draft)
+    extra, rgb, model_input = _decode_in_subprocess(tmp_path, _jpeg_stripes(side, cell))
+    assert rgb.shape == (side // 2, side // 2, 3)
+    assert extra <= 120 << 20, extra >> 20  # was about 480 MB at full size
+    for k in range(side // cell):
+        x = (k * cell + cell // 2) // 2
+        assert abs(float(np.median(rgb[:, x - 100:x + 100])) - (220 if k % 2 == 0 else 40)) <= 3
+        xm = (k * cell + cell // 2) * 224 // side
+        assert abs(float(np.median(model_input[:, xm])) - (220 if k % 2 == 0 else 40)) <= 3
+
+
+def test_reduction_factor_and_reduce_area():
+    from pneumo.images import reduce_area, reduction_factor
+
+    assert reduction_factor(5000, 5000) == 1 and reduction_factor(5001, 5000) == 2
+    assert reduction_factor(8900, 8900) == 2
+    a = np.arange(7 * 9 * 3, dtype=np.uint8).reshape(7, 9, 3)
+    out = reduce_area(a, 2)
+    assert out.shape == (3, 4, 3)
+    np.testing.assert_array_equal(out, np.round(a[:6, :8].reshape(3, 2, 4, 2, 3).mean(axis=(1, 3))))
+    assert reduce_area(a, 1) is a
+
+
+def test_images_within_the_size_limit_decode_exactly_as_before_at_full_size():
+    # several strips (over 1 Mpx): the strip-wise conversion equals the whole-image one
+    values = np.random.default_rng(4).integers(0, 65535, (1300, 1100), dtype=np.uint16)
+    rgb = decode_image(gen.png16(values)).rgb
+    assert rgb.shape == (1300, 1100, 3)
+    np.testing.assert_array_equal(rgb[..., 0], scale_to_uint8(values.astype(np.float64)))
+    colour = np.random.default_rng(5).integers(0, 256, (1300, 1100, 4), dtype=np.uint8)
+    colour[..., 3] = 255
+    colour[:10, :10, 3] = 0
+    decoded = decode_image(gen.encode(Image.fromarray(colour, "RGBA"), "PNG"))
+    composite = (colour[..., :3].astype(int) * (colour[..., 3:] == 255)).astype(np.uint8)
+    np.testing.assert_array_equal(decoded.rgb, composite)
+    assert any("Transparent" in note for note in decoded.notes)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pil_transpose(orientation):
+    from pneumo.images import _orient
+
+    a = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7)
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    expected = a if method is None else np.asarray(Image.fromarray(a).transpose(method))
+    np.testing.assert_array_equal(_orient(a, orientation), expected)
+
+
+def test_scale_to_uint8_in_blocks_equals_the_float64_formula():
+    values = np.random.default_rng(6).normal(0, 100, (1500, 800))
+    values[3, 4], values[900, 1], values[1400, 700] = np.nan, np.inf, -np.inf
+    finite = values[np.isfinite(values)]
+    lo, hi = finite.min(), finite.max()
+    reference = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
+    reference = np.clip(np.round((reference - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(scale_to_uint8(values), reference)
+
+
+def test_rgb_png_whose_decoder_alone_exceeds_the_budget_is_refused_from_the_header(monkeypatch):
+    def no_decoding(self):
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    # 8900x8900 RGB is under the pixel limit, but PIL alone would hold 317 MB of it
+    with pytest.raises(ImageError, match="more than the 300 MB") as info:
+        decode_image(gen.png_declaring(8900, 8900, 8, 2))
+    assert "8900x8900" in str(info.value) and "lower resolution" in str(info.value)
+
+
+def _jpeg_header(sof: int, side: int) -> bytes:
+    """A JPEG's markers up to its first scan, 4:4:4 colour, ``side`` x ``side`` (no pixel data)."""
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+    frame = struct.pack(">BHHB", 8, side, side, 3) + bytes([1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1])
+    scan = bytes([3, 1, 0, 2, 0x11, 3, 0x11, 0, 63, 0])
+    return b"\xff\xd8" + segment(sof, frame) + segment(0xDA, scan) + bytes(64) + b"\xff\xd9"
+
+
+def test_progressive_jpeg_whose_coefficients_exceed_the_budget_is_refused(monkeypatch):
+    def no_decoding(self):
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    # libjpeg keeps every DCT coefficient of a progressive file: 8900^2 x 3 x 2 bytes, whatever
+    # the draft scale
+    with pytest.raises(ImageError, match="more than the 300 MB"):
+        decode_image(_jpeg_header(0xC2, 8900))
+    with pytest.raises(ImageError) as info:  # the same as a baseline JPEG: decoded
+        decode_image(_jpeg_header(0xC0, 8900))
+    assert isinstance(info.value.__cause__, AssertionError)
+
+
+def test_large_dicom_frame_is_reduced_through_the_grey_pipeline():
+    side, cell = 5200, 1300  # 27 Mpx 8-bit > DECODE_MAX_PIXELS: reduced 2x, windowed, inverted
+    rows = (np.arange(side) // cell) % 2
+    pixels = np.where((rows[:, None] + rows[None, :]) % 2 == 1, 200, 40).astype(np.uint8)
+    data = gen.dicom(pixels, photometric="MONOCHROME1", window=(120, 101))
+    rgb = decode_image(data).rgb
+    assert rgb.shape == (side // 2, side // 2, 3)
+    for i in range(4):
+        for j in range(4):
+            y, x = (i * cell + cell // 2) // 2, (j * cell + cell // 2) // 2
+            assert rgb[y, x, 0] == (0 if (i + j) % 2 else 255)  # 200 -> white -> inverted: black
+
+
+def test_compressed_dicom_too_large_to_decode_is_refused_before_decoding():
+    from pydicom.uid import JPEG2000Lossless
+
+    small = gen.dicom_compressed(gen.chest_like_16bit(bits=12), JPEG2000Lossless, plugin="pylibjpeg")
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(small))
+    ds.Rows = ds.Columns = 8900  # J2K decodes through 32-bit buffers: about 500 MB for this
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(ImageError, match="more than the 300 MB"):
+        decode_image(buf.getvalue())
