@@ -4,11 +4,12 @@ from dataclasses import replace
 
 import streamlit as st
 
-from pneumo import reader, ui
-from pneumo.explain import METHODS, colour_scale, overlay
+from pneumo import quality, reader, ui, wording
+from pneumo.explain import METHODS, colour_scale
 from pneumo.images import SUPPORTED_EXTENSIONS
 
 READINGS_KEY = "readings"  # digest -> Reading, for the files currently uploaded
+CORRECTED_KEY = "corrected_readings"  # digest -> Reading of the copy pneumo turned / inverted
 
 st.title("Read X-rays")
 st.caption("Drop one or more chest X-rays. Each gets a calibrated probability of pneumonia, the "
@@ -20,6 +21,10 @@ uploads = st.file_uploader(
     help="Files are read in memory and forgotten when you remove them or close the page.",
 )
 threshold = ui.current_threshold()
+segmenter = ui.segmenter()  # None without weights/lungs.keras: the lung features stay hidden
+checker = ui.quality_checker()  # without weights/quality.keras: low resolution only
+if not checker.available and checker.notice:
+    st.caption(checker.notice)
 
 cache: dict = st.session_state.setdefault(READINGS_KEY, {})
 files = [(u.name, u.getvalue()) for u in uploads or []]
@@ -30,13 +35,16 @@ if new:
         bar = st.progress(0.0)
         results = reader.read_batch(
             [f for f, _ in new], ui.explainer(), ood_check=ui.ood_detector(),
-            progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text))
+            progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
+            segmenter=segmenter, quality_checker=checker)
         for reading in results:
             cache[reading.digest] = reading
         status.update(label=f"Read {len(new)} image(s)", state="complete")
 # forget what is no longer uploaded
-for digest in [d for d in cache if d not in digests]:
-    del cache[digest]
+corrected: dict = st.session_state.setdefault(CORRECTED_KEY, {})
+for store in (cache, corrected):
+    for digest in [d for d in store if d not in digests]:
+        del store[digest]
 # one card per upload, even when the same bytes come twice under different names
 readings = [cache[d] if cache[d].name == name else replace(cache[d], name=name)
             for (name, _), d in zip(files, digests)]
@@ -45,14 +53,19 @@ if not readings:
     st.info("No images yet. Drag chest X-rays onto the box above, or click *Upload*.")
     st.stop()
 
-controls = st.columns([1.2, 1.2, 2])
+controls = st.columns([1.1, 1.1, 1.3, 1.8])
 method = controls[0].radio("Heat map", METHODS, horizontal=True, key="cam_method",
                            help="Grad-CAM++ often spreads attention over several regions.")
 opacity = controls[1].slider("Heat-map opacity", 0.0, 1.0, 0.6, 0.05, key="cam_opacity")
-with controls[2]:
+outline = segmenter is not None and controls[2].toggle(
+    "Show lung outline", key="lung_outline",
+    help="Draws the lung fields found by pneumo's lung segmenter in magenta.")
+with controls[3]:
     st.image(colour_scale(320, 14), width=320,
-             caption="Heat-map colours: clear or blue = little influence on the pneumonia "
-                     "score, red = most influence")
+             caption="Heat-map colours are relative to each image: red = where the model looked "
+                     "most in this image, clear or blue = least. They do not say how likely "
+                     "pneumonia is; the probability does. Below the threshold the heat map is "
+                     "hidden unless asked for, then drawn faint.")
 
 errors = [r for r in readings if r.error]
 for r in errors:
@@ -65,33 +78,82 @@ if len(readings) > 1:
     st.dataframe(
         rows, hide_index=True, width="stretch",
         column_config={
-            "file": "File",
-            "probability_pneumonia": st.column_config.ProgressColumn(
-                "P(pneumonia)", format="percent", min_value=0.0, max_value=1.0),
+            "file": "File", "probability": "P(pneumonia)", "probability_pneumonia": None,
             "decision": "Decision", "threshold": "Threshold", "warning": "Warnings",
         },
     )
     st.download_button("Download worklist (CSV)", ui.rows_to_csv(rows), "pneumo_worklist.csv",
                        "text/csv", on_click="ignore", icon=":material/download:")
 
-for r in good:
+
+def show_reading(r: reader.Reading, key: str) -> None:
+    """Images, probability, decision and warnings of one reading (as uploaded or corrected)."""
     decision = reader.decide(r.probability, threshold)
-    muted = r.ood_warning is not None
+    muted = r.unreliable
+    left, middle, right = st.columns([1, 1, 1.1])
+    show = r.probability >= threshold or middle.toggle(
+        "Show heat map", key=f"show-cam-{key}",
+        help="Below the threshold the heat map is hidden: its colours are relative to this "
+             "image and would look as strong as on a clear pneumonia.")
+    view = ui.card_images(r, method, opacity, threshold, show, outline)
+    left.image(view.original, caption="Corrected by pneumo" if r.corrected_from else "Original",
+               width="stretch")
+    if view.overlay is None:
+        middle.info("Heat map hidden: the probability is below the threshold.",
+                    icon=":material/visibility_off:")
+    else:
+        middle.image(view.overlay, caption=view.caption, width="stretch")
+    with right:
+        st.metric("Probability of pneumonia", wording.probability_text(r.probability))
+        evidence = ui.evidence_line(r.probability)
+        if evidence:
+            st.caption(evidence)
+        st.markdown(ui.decision_badge(decision, threshold, muted), unsafe_allow_html=True)
+        st.markdown(ui.distance_bar(r.probability, threshold, muted), unsafe_allow_html=True)
+        if r.ood_warning:
+            st.warning(r.ood_warning, icon=":material/warning:")
+        for code, message in r.quality.findings if r.quality is not None else []:
+            st.warning(message, icon=":material/photo_size_select_small:"
+                       if code == quality.LOW_RESOLUTION else ":material/screen_rotation:")
+        if r.lung_warning:
+            st.warning(r.lung_warning, icon=":material/pulmonology:")
+        share_line, caution = ui.lung_lines(r, method)
+        if view.overlay is not None and share_line:
+            st.markdown(share_line)
+            if caution:
+                st.warning(caution, icon=":material/warning:")
+        for note in r.notes[1:] if r.corrected_from else r.notes:
+            st.caption(note)
+        if view.overlay is not None:
+            suffix = "_corrected" if r.corrected_from else ""
+            st.download_button(
+                "Download overlay (PNG)", ui.png_bytes_later(view.overlay),
+                f"{r.name.rsplit('.', 1)[0]}{suffix}_{method.replace('+', 'p').lower()}.png",
+                "image/png", key=f"png-{key}", on_click="ignore", icon=":material/download:")
+
+
+for r in good:
+    key = f"{r.digest}-{r.name}"
     with st.container(border=True):
         st.markdown(f"#### {r.name}")
-        left, middle, right = st.columns([1, 1, 1.1])
-        left.image(r.display, caption="Original", width="stretch")
-        blended = overlay(r.display, r.cams[method], opacity)
-        middle.image(blended, caption=f"{method} overlay", width="stretch")
-        with right:
-            st.metric("Probability of pneumonia", f"{r.probability:.1%}")
-            st.markdown(ui.decision_badge(decision, threshold, muted), unsafe_allow_html=True)
-            st.markdown(ui.distance_bar(r.probability, threshold, muted), unsafe_allow_html=True)
-            if r.ood_warning:
-                st.warning(r.ood_warning, icon=":material/warning:")
-            for note in r.notes:
-                st.caption(note)
-            st.download_button(
-                "Download overlay (PNG)", ui.png_bytes_later(blended),
-                f"{r.name.rsplit('.', 1)[0]}_{method.replace('+', 'p').lower()}.png", "image/png",
-                key=f"png-{r.digest}-{r.name}", on_click="ignore", icon=":material/download:")
+        show_reading(r, key)
+        if r.quality is None or r.quality.corrected is None:
+            continue
+        if r.digest not in corrected:
+            codes = r.quality.codes
+            if st.button(quality.correction_label(codes), key=f"correct-{key}",
+                         icon=":material/rotate_right:", type="primary",
+                         help="Reads a copy of the image that pneumo turned or inverted back; "
+                              "the file itself is not changed."):
+                with st.spinner("Reading the corrected image..."):
+                    found = reader.read_corrected([r], ui.explainer(),
+                                                  ood_check=ui.ood_detector(),
+                                                  segmenter=segmenter)
+                if found:
+                    corrected[r.digest] = found[0]
+                    st.rerun()  # show it in place of the button
+        if r.digest in corrected:
+            fixed = corrected[r.digest]
+            st.markdown("##### Reading of the corrected image")
+            st.info(fixed.notes[0], icon=":material/auto_fix_high:")
+            show_reading(fixed, f"{key}-corrected")

@@ -153,6 +153,30 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarra
     return np.round(blended).astype("uint8")
 
 
+def heatmap_strength(probability: float, threshold: float,
+                     floor: float = config.HEATMAP_MIN_STRENGTH) -> float:
+    """How much of the chosen opacity a heat map gets: 1 at or above the threshold; below it
+    ``probability / threshold``, but at least ``floor`` (a map shown on request stays visible).
+
+    The map itself is min-max normalised per image, so without this a 5 % image would glow as
+    red as a 99 % one.
+    """
+    if threshold <= 0 or probability >= threshold:
+        return 1.0
+    return float(min(1.0, max(floor, probability / threshold)))
+
+
+def draw_outline(rgb: np.ndarray, outline: np.ndarray,
+                 colour: tuple[int, int, int] = config.LUNG_OUTLINE_RGB) -> np.ndarray:
+    """A copy of ``rgb`` with the pixels where ``outline`` (bool, same height and width) is set
+    painted in ``colour``."""
+    out = np.array(rgb, dtype="uint8", copy=True)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    out[np.asarray(outline, bool)] = colour
+    return out
+
+
 def colour_scale(width: int = 256, height: int = 14) -> np.ndarray:
     """A horizontal legend strip of the colour scale, low on the left."""
     ramp = np.tile(np.linspace(0.0, 1.0, width, dtype="float32"), (height, 1))

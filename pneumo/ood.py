@@ -1,6 +1,7 @@
 """Out-of-distribution check: "this does not look like a chest X-ray".
 
-Three tests, any of which flags an image:
+Three tests, any of which flags an image (the texture test is skipped for an original the
+quality check found small, :func:`pneumo.quality.suppress_ood_texture`):
 1. colour: radiographs are grey; a mean HSV saturation above ``SATURATION_LIMIT`` is not one;
 2. texture: the variance of the Laplacian of the 224 px input outside the range of training
    radiographs (widened by ``TEXTURE_MARGIN``): flat colours, gradients and blurred pictures
@@ -20,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pneumo import config
+from pneumo import config, quality
 
 OOD_FILE = "ood.npz"
 SATURATION_LIMIT = 0.12  # mean saturation (0..1) above which an image is not a grey radiograph
@@ -62,18 +63,27 @@ class OodDetector:
         d2 = np.sum(z * z * self.inverse_variance, axis=1) + residual / self.residual_variance
         return np.sqrt(np.maximum(d2, 0.0))
 
-    def is_outlier(self, rgb: np.ndarray, features: np.ndarray) -> bool:
-        """``rgb`` is the 224x224 model input; ``features`` its pooled model features."""
+    def is_outlier(self, rgb: np.ndarray, features: np.ndarray, check_texture: bool = True) -> bool:
+        """``rgb`` is the 224x224 model input; ``features`` its pooled model features.
+
+        ``check_texture=False`` skips the texture test (for a small original, which is smooth
+        once enlarged; see :func:`pneumo.quality.suppress_ood_texture`).
+        """
         low, high = self.texture_range
         return (saturation(rgb) > SATURATION_LIMIT
-                or not low <= texture(rgb) <= high
+                or (check_texture and not low <= texture(rgb) <= high)
                 or bool(self.distance(features)[0] > self.threshold))
 
     def __call__(self, reading) -> str | None:
-        """The warning for a Reading (needs ``model_input`` and ``features``), or None."""
+        """The warning for a Reading (needs ``model_input`` and ``features``), or None.
+
+        A reading whose quality report says the original was small skips the texture test.
+        """
         if reading.features is None or reading.model_input is None:
             return None
-        return WARNING if self.is_outlier(reading.model_input, reading.features) else None
+        check_texture = not quality.suppress_ood_texture(getattr(reading, "quality", None))
+        return WARNING if self.is_outlier(reading.model_input, reading.features,
+                                          check_texture) else None
 
     def save(self, path: Path) -> None:
         np.savez(path, mean=self.mean, components=self.components,

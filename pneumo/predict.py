@@ -1,13 +1,18 @@
 """Batch prediction over a folder: ``python -m pneumo.predict FOLDER --out results.csv``.
 
 Options: ``--cams DIR`` (a Grad-CAM overlay PNG per image), ``--threshold T`` (default: the
-recommended threshold in ``metrics.json`` beside the model, else 0.5), ``--batch-size N``.
+recommended threshold in ``metrics.json`` beside the model, else 0.5), ``--batch-size N``,
+``--auto-correct`` (score the corrected copy of an image that looks turned, flipped or
+inverted, instead of the image as found; the ``corrected`` column says what was undone).
 
 The folder is walked recursively for supported images, which are read exactly as the app reads
 uploads (:func:`pneumo.reader.read_batch`: same decoding and preprocessing, the same calibrated
-model, the out-of-distribution check). Only ``--batch-size`` files are held in memory at a time
-and the CSV is written as the run goes. An unreadable file gets a row with an error message;
-the run goes on.
+model, the out-of-distribution check, and the lung fields when ``weights/lungs.keras`` exists:
+``gradcam_in_lungs`` is the share of the Grad-CAM heat map inside the lungs, ``lung_warning``
+says when no plausible lung fields were found; and the image-quality check
+(:mod:`pneumo.quality`): ``quality`` lists its finding codes, e.g. ``rot90; low_resolution``).
+Only ``--batch-size`` files are held in memory at a time and the CSV is written as the run goes.
+An unreadable file gets a row with an error message; the run goes on.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from pneumo.evaluate import recommended_threshold
 from pneumo.images import SUPPORTED_EXTENSIONS
 from pneumo.reader import Reading, decide
 
-COLUMNS = ("file", "probability_pneumonia", "decision", "threshold", "ood_warning", "error",
-           "notes", "cam_file")
+COLUMNS = ("file", "probability_pneumonia", "decision", "threshold", "gradcam_in_lungs",
+           "ood_warning", "lung_warning", "error", "notes", "cam_file", "quality", "corrected")
 NOT_READ = "NOT READ"
 CAM_SUFFIX = ".gradcam.png"
 
@@ -96,26 +101,77 @@ def write_overlay(path: Path, reading: Reading, method: str) -> None:
 
 def csv_row(reading: Reading, threshold: float, cam_file: str = "") -> dict[str, str]:
     """One CSV row; numbers as text with fixed precision, empty cells for what doesn't apply."""
+    from pneumo.explain import METHODS
+
+    share = reading.lung_share.get(METHODS[0])
     return {
         "file": reading.name,
         "probability_pneumonia": "" if reading.probability is None else f"{reading.probability:.6f}",
         "decision": decide(reading.probability, threshold) if reading.ok else NOT_READ,
         "threshold": f"{threshold:g}",
+        "gradcam_in_lungs": "" if share is None else f"{share:.4f}",
         "ood_warning": reading.ood_warning or "",
+        "lung_warning": reading.lung_warning or "",
         "error": reading.error or "",
         "notes": "; ".join(reading.notes),
         "cam_file": cam_file,
+        "quality": "; ".join(quality_codes(reading)),
+        "corrected": "; ".join(reading.corrected_from),
     }
 
 
+def quality_codes(reading: Reading) -> list[str]:
+    """The quality check's finding codes for the file as found (for a corrected reading: what
+    was undone, then what remains, such as low resolution)."""
+    remaining = reading.quality.codes if reading.quality is not None else []
+    return list(reading.corrected_from) + [c for c in remaining if c not in reading.corrected_from]
+
+
 def summary(rows: list[dict[str, str]], threshold: float, out: Path) -> str:
-    """One line: how many files were read, decisions, errors, OOD flags, where the CSV is."""
+    """One line: files read, decisions, errors, OOD and lung-field flags, where the CSV is."""
     read = [r for r in rows if not r["error"]]
     positive = sum(r["decision"] == config.CLASS_NAMES[1] for r in read)
     flagged = sum(bool(r["ood_warning"]) for r in read)
+    no_lungs = sum(bool(r.get("lung_warning")) for r in read)
+    lungs = f"; {no_lungs} without plausible lung fields" if no_lungs else ""
+    found = sum(bool(r.get("quality")) for r in read)
+    fixed = sum(bool(r.get("corrected")) for r in read)
+    checks = (f"; {found} with image-quality findings" + (f" ({fixed} read corrected)" if fixed
+                                                          else "")) if found else ""
     return (f"Read {len(read)} of {len(rows)} files: {positive} {config.CLASS_NAMES[1]}, "
             f"{len(read) - positive} {config.CLASS_NAMES[0]} at threshold {threshold:g}; "
-            f"{len(rows) - len(read)} unreadable; {flagged} not like a chest X-ray -> {out}")
+            f"{len(rows) - len(read)} unreadable; {flagged} not like a chest X-ray{lungs}{checks}"
+            f" -> {out}")
+
+
+def load_segmenter():
+    """The lung-field segmenter, or None (with a note on stderr) when it is absent or broken."""
+    from pneumo.lungs import LungSegmenter
+
+    try:
+        return LungSegmenter.load()
+    except FileNotFoundError:
+        print(f"note: no {config.LUNG_MODEL_FILE} beside the model; no lung-field figures.",
+              file=sys.stderr)
+    except Exception as err:  # a broken lung model must not stop the run
+        print(f"warning: could not load {config.LUNG_MODEL_FILE} ({err}); no lung-field figures.",
+              file=sys.stderr)
+    return None
+
+
+def load_quality_checker():
+    """The image-quality checker; without its network (or with a broken one) it checks only
+    the resolution, and says why on stderr."""
+    from pneumo.quality import MODEL_UNUSABLE, QualityChecker
+
+    try:
+        checker = QualityChecker.load()
+    except Exception as err:  # a broken quality model must not stop the run
+        path = config.weights_path(config.QUALITY_MODEL_FILE)
+        checker = QualityChecker(notice=MODEL_UNUSABLE.format(path=path, error=err))
+    if not checker.available and checker.notice:
+        print(f"note: {checker.notice}", file=sys.stderr)
+    return checker
 
 
 def _threshold(text: str) -> float:
@@ -145,6 +201,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "threshold in metrics.json beside the model, else 0.5)")
     parser.add_argument("--batch-size", type=_positive_int, default=16,
                         help="files read and held in memory at a time (default 16)")
+    parser.add_argument("--auto-correct", action="store_true",
+                        help="for an image that looks turned, flipped or inverted, score the "
+                             "corrected copy instead (the 'corrected' column says what was "
+                             "undone); off by default")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
@@ -167,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pneumo import ood
     from pneumo.explain import METHODS, CamExplainer
     from pneumo.model import load_model
-    from pneumo.reader import read_batch
+    from pneumo.reader import read_batch, read_corrected
 
     try:
         explainer = CamExplainer(load_model())
@@ -178,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if detector is None:
         print(f"note: no {ood.OOD_FILE} beside the model; the out-of-distribution check is off.",
               file=sys.stderr)
+    segmenter = load_segmenter()
+    checker = load_quality_checker()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
@@ -195,8 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except OSError as err:
                     failed[name] = unreadable(name, err)
             readings = {r.name: r for r in read_batch(files, explainer, ood_check=detector,
-                                                      batch_size=args.batch_size)}
+                                                      batch_size=args.batch_size,
+                                                      segmenter=segmenter,
+                                                      quality_checker=checker)}
             del files
+            if args.auto_correct:
+                readings.update((r.name, r) for r in read_corrected(
+                    readings.values(), explainer, ood_check=detector, segmenter=segmenter,
+                    batch_size=args.batch_size))
             readings.update(failed)
             for name in names:
                 reading = readings[name]

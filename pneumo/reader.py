@@ -1,20 +1,33 @@
 """Reading a batch of uploaded files: decode each once, then one batched model pass for all.
 
 Shared by the app and the batch CLI. A bad file becomes a Reading with an ``error`` message;
-the rest of the batch goes on. Nothing here writes to disk or logs header or pixel content.
+the rest of the batch goes on. With a lung segmenter, each readable image also gets its lung
+fields and, per CAM method, the share of the heat map inside them; a segmenter failure only
+drops those figures. With a quality checker (:class:`pneumo.quality.QualityChecker`), each
+readable image also gets a :class:`~pneumo.quality.QualityReport` (turned, flipped, inverted,
+low resolution); a checker failure only drops those findings. :func:`read_corrected` reads the
+corrected copy the report offers. Nothing here writes to disk or logs header or pixel content.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from pneumo import config
 from pneumo.images import ImageError, decode_image, to_model_input
+
+if TYPE_CHECKING:
+    from pneumo.lungs import LungFields
+    from pneumo.quality import QualityReport
+
+log = logging.getLogger(__name__)
 
 DISPLAY_MAX_SIDE = 768  # pixels: the copy kept for display and overlays
 
@@ -35,10 +48,35 @@ class Reading:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     ood_warning: str | None = None
+    lungs: LungFields | None = None  # None: no segmenter, or it failed on this image
+    lung_share: dict[str, float] = field(default_factory=dict)  # method -> heat-map share in lungs
+    lung_warning: str | None = None  # the lung mask is implausible (kept apart from ood_warning)
+    original_size: tuple[int, int] | None = None  # (height, width) of the decoded image
+    quality: QualityReport | None = None  # None: no quality checker, or it failed on this batch
+    corrected_from: tuple[str, ...] = ()  # quality codes pneumo undid before reading this copy
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.probability is not None
+
+    @property
+    def quality_messages(self) -> list[str]:
+        return list(self.quality.messages) if self.quality is not None else []
+
+    @property
+    def unreliable(self) -> bool:
+        """True when the result should be greyed out: not like a chest X-ray, or the image as
+        uploaded looks turned, flipped or inverted."""
+        return self.ood_warning is not None or (
+            self.quality is not None and self.quality.correctable)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a person should be told about this reading, most serious first."""
+        if self.error:
+            return [self.error]
+        return ([self.ood_warning] if self.ood_warning else []) + self.quality_messages + (
+            [self.lung_warning] if self.lung_warning else []) + list(self.notes)
 
 
 def decide(probability: float, threshold: float) -> str:
@@ -64,6 +102,7 @@ def decode_file(name: str, data: bytes) -> Reading:
     reading = Reading(name=name, digest=digest_of(data))
     try:
         decoded = decode_image(data)
+        reading.original_size = (int(decoded.rgb.shape[0]), int(decoded.rgb.shape[1]))
         reading.display = display_copy(decoded.rgb)
         reading.model_input = to_model_input(decoded.rgb)
         reading.notes = list(decoded.notes)
@@ -77,14 +116,77 @@ def decode_file(name: str, data: bytes) -> Reading:
     return reading
 
 
+def _lung_fields(segmenter, images: np.ndarray) -> list[LungFields | None]:
+    """The segmenter on a batch; if the batch fails, image by image; None where one fails."""
+    try:
+        fields = list(segmenter.fields(images))
+    except Exception:  # fall back to one image at a time below
+        fields = []
+    if len(fields) == len(images):
+        return fields
+    out: list[LungFields | None] = []
+    for image in images:
+        try:
+            out.append(segmenter.fields(image[None])[0])
+        except Exception:  # a segmenter failure costs only this image's lung figures
+            out.append(None)
+    return out
+
+
+def add_lung_fields(reading: Reading, fields: LungFields | None) -> None:
+    """Store the lung fields, the heat-map share inside them per CAM method, and their warning.
+
+    An implausible mask gives ``lung_warning`` and no shares (they would mean nothing); a map
+    with no heat at all gives no share for that method.
+    """
+    from pneumo.lungs import heatmap_in_lungs
+
+    reading.lungs, reading.lung_share, reading.lung_warning = fields, {}, None
+    if fields is None:
+        return
+    reading.lung_warning = fields.problem
+    if reading.lung_warning:
+        return
+    for method, cam in reading.cams.items():
+        try:
+            share, _ = heatmap_in_lungs(cam, fields.mask)
+        except Exception:  # never let a measurement take the reading down
+            continue
+        if np.isfinite(share):
+            reading.lung_share[method] = share
+
+
+def _quality_reports(checker, chunk: list[Reading], images: np.ndarray
+                     ) -> list[QualityReport | None]:
+    """The checker on a batch; no findings for the whole batch if it fails (never an exception)."""
+    try:
+        reports = list(checker.check(images, [r.original_size for r in chunk]))
+    except Exception:  # a quality-check failure costs only the quality findings
+        log.warning("image-quality check failed on a batch of %d; no quality findings for it",
+                    len(chunk))
+        return [None] * len(chunk)
+    if len(reports) != len(chunk):
+        log.warning("image-quality check returned %d reports for %d images; ignored",
+                    len(reports), len(chunk))
+        return [None] * len(chunk)
+    return reports
+
+
 def read_batch(
     files: Iterable[tuple[str, bytes]],
     explainer,
     ood_check: Callable[[Reading], str | None] | None = None,
     progress: ProgressCallback | None = None,
     batch_size: int = 16,
+    segmenter=None,
+    quality_checker=None,
 ) -> list[Reading]:
-    """Decode every file, then run probability + CAMs for all readable ones in batches."""
+    """Decode every file, then run probability + CAMs (and lung fields, given a segmenter:
+    ``segmenter.fields(images)`` -> one ``LungFields`` per image; and the quality report, given
+    a checker: ``quality_checker.check(images, original_sizes)`` -> one ``QualityReport`` per
+    image) for all readable ones in batches. The OOD check runs last, so it can take the quality
+    report into account (a small original is not called "not a chest X-ray" for its smoothness).
+    """
     files = list(files)
     readings: list[Reading] = []
     for i, (name, data) in enumerate(files):
@@ -97,11 +199,18 @@ def read_batch(
         if progress:
             progress(0.3 + 0.7 * start / max(len(good), 1),
                      f"Reading images {start + 1}-{start + len(chunk)} of {len(good)}")
-        explanations = explainer.explain(np.stack([r.model_input for r in chunk]))
+        images = np.stack([r.model_input for r in chunk])
+        explanations = explainer.explain(images)
         for reading, explanation in zip(chunk, explanations):
             reading.probability = explanation.probability
             reading.cams = explanation.cams
             reading.features = explanation.features
+        if segmenter is not None:
+            for reading, fields in zip(chunk, _lung_fields(segmenter, images)):
+                add_lung_fields(reading, fields)
+        if quality_checker is not None:
+            for reading, report in zip(chunk, _quality_reports(quality_checker, chunk, images)):
+                reading.quality = report
     if ood_check is not None:
         for reading in good:
             reading.ood_warning = ood_check(reading)
@@ -110,16 +219,77 @@ def read_batch(
     return readings
 
 
+def corrected_display(display: np.ndarray, codes: Iterable[str]) -> np.ndarray:
+    """The display copy with each correctable finding undone, in the order found."""
+    from pneumo.quality import CORRECTABLE, correct
+
+    for code in codes:
+        if code in CORRECTABLE:
+            display = correct(display, code)
+    return display
+
+
+def read_corrected(
+    readings: Iterable[Reading],
+    explainer,
+    ood_check: Callable[[Reading], str | None] | None = None,
+    segmenter=None,
+    batch_size: int = 16,
+) -> list[Reading]:
+    """Read the corrected copy of each reading whose quality report offers one (in one batched
+    pass); readings without one are left out. Each result is a new Reading of the same file
+    with ``corrected_from`` naming what pneumo undid, a note saying so, and a quality report
+    that keeps only what correcting cannot fix (low resolution)."""
+    from pneumo.quality import CORRECTABLE, QualityReport, correction_note
+
+    todo = [r for r in readings if r.quality is not None and r.quality.corrected is not None]
+    out: list[Reading] = []
+    for r in todo:
+        codes = tuple(c for c in r.quality.codes if c in CORRECTABLE)
+        kept = [(c, m) for c, m in r.quality.findings if c not in CORRECTABLE]
+        out.append(Reading(
+            name=r.name, digest=r.digest,
+            display=corrected_display(r.display, codes),
+            model_input=np.ascontiguousarray(r.quality.corrected),
+            notes=[correction_note(codes)] + list(r.notes),
+            original_size=r.original_size,
+            quality=QualityReport(findings=kept, low_resolution=r.quality.low_resolution,
+                                  original_size=r.quality.original_size),
+            corrected_from=codes,
+        ))
+    for start in range(0, len(out), batch_size):
+        chunk = out[start:start + batch_size]
+        images = np.stack([r.model_input for r in chunk])
+        for reading, explanation in zip(chunk, explainer.explain(images)):
+            reading.probability = explanation.probability
+            reading.cams = explanation.cams
+            reading.features = explanation.features
+        if segmenter is not None:
+            for reading, fields in zip(chunk, _lung_fields(segmenter, images)):
+                add_lung_fields(reading, fields)
+    if ood_check is not None:
+        for reading in out:
+            reading.ood_warning = ood_check(reading)
+    return out
+
+
 def worklist_rows(readings: list[Reading], threshold: float) -> list[dict]:
-    """Table rows, highest probability first; unreadable files last."""
+    """Table rows, highest probability first; unreadable files last.
+
+    ``probability`` is the text a person reads (:func:`pneumo.wording.probability_text`);
+    ``probability_pneumonia`` keeps the number for the CSV and for sorting.
+    """
+    from pneumo.wording import probability_text
+
     rows = []
     for r in readings:
         rows.append({
             "file": r.name,
+            "probability": probability_text(r.probability),
             "probability_pneumonia": None if r.probability is None else round(r.probability, 4),
             "decision": decide(r.probability, threshold) if r.ok else "NOT READ",
             "threshold": round(threshold, 3),
-            "warning": r.error or r.ood_warning or "; ".join(r.notes),
+            "warning": "; ".join(r.warnings),
         })
     return sorted(rows, key=lambda row: -1 if row["probability_pneumonia"] is None
                   else row["probability_pneumonia"], reverse=True)

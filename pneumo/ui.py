@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 
-from pneumo import config
-from pneumo.reader import decide
+from pneumo import config, wording
+from pneumo.reader import Reading, decide
 
 THRESHOLD_KEY = "threshold"
 _SLIDER_KEY = "threshold_slider"
@@ -29,6 +31,64 @@ def explainer():
     cam = CamExplainer(load_model())
     cam.explain(np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype="uint8"))
     return cam
+
+
+def segmenter():
+    """The lung-field segmenter, or None when ``weights/lungs.keras`` is absent or unusable.
+
+    Cached per file version, so a model that appears or is replaced while the server runs is
+    picked up on the next reading.
+    """
+    path = config.weights_path(config.LUNG_MODEL_FILE)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _segmenter(str(path), stamp)
+
+
+@st.cache_resource(show_spinner="Loading the lung-field model (once per server)...")
+def _segmenter(path: str, stamp: int):
+    from pneumo.lungs import LungSegmenter
+
+    try:
+        seg = LungSegmenter.load(path)
+        seg.fields(np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype="uint8"))
+    except Exception as err:  # a broken file hides the feature; the reading goes on without it
+        logging.getLogger(__name__).warning("lung-field model not used: %s", err)
+        return None
+    return seg
+
+
+def quality_checker():
+    """The image-quality check (turned, flipped, inverted, low resolution); never None.
+
+    Without ``weights/quality.keras``, or when it cannot be used, the checker checks only the
+    resolution and says why in ``notice``. Cached per file version, like :func:`segmenter`.
+    """
+    path = config.weights_path(config.QUALITY_MODEL_FILE)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    return _quality_checker(str(path), stamp)
+
+
+@st.cache_resource(show_spinner="Loading the image-quality check (once per server)...")
+def _quality_checker(path: str, stamp: int | None):
+    from pathlib import Path
+
+    from pneumo.quality import MODEL_UNUSABLE, QualityChecker
+
+    try:
+        checker = QualityChecker.load(Path(path).parent)
+        if checker.available:
+            checker.check(np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype="uint8"),
+                          [None])
+    except Exception as err:  # a broken file turns the checks off; the reading goes on
+        logging.getLogger(__name__).warning("image-quality model not used: %s", err)
+        return QualityChecker(notice=MODEL_UNUSABLE.format(path=path, error=err))
+    return checker
 
 
 @st.cache_resource(show_spinner=False)
@@ -115,6 +175,58 @@ def threshold_slider() -> float:
              "Threshold explorer page; every page uses the same value.",
     )
     return current_threshold()
+
+
+def evidence_line(probability: float) -> str:
+    """The test-set evidence for ``probability`` ("" without ``test_predictions.csv``)."""
+    test = predictions("test")
+    if test is None:
+        return ""
+    return wording.evidence_line(probability, test["probability"], test["label"])
+
+
+@dataclass
+class CardImages:
+    """What one reading's card shows: the original and the heat-map overlay (None: hidden)."""
+
+    original: np.ndarray
+    overlay: np.ndarray | None
+    strength: float  # share of the chosen opacity the overlay was drawn with
+    caption: str
+
+
+def card_images(reading: Reading, method: str, opacity: float, threshold: float,
+                show_below_threshold: bool = False, outline: bool = False) -> CardImages:
+    """The original (with the lung outline when asked and known) and the overlay.
+
+    Below the threshold the heat map is hidden unless ``show_below_threshold``; then it is drawn
+    fainter the lower the probability (:func:`pneumo.explain.heatmap_strength`).
+    """
+    from pneumo.explain import draw_outline, heatmap_strength, overlay
+
+    original = reading.display
+    edge = None
+    if outline and reading.lungs is not None:
+        edge = reading.lungs.outline(*original.shape[:2])
+        original = draw_outline(original, edge)
+    below = reading.probability < threshold
+    if below and not show_below_threshold:
+        return CardImages(original, None, 0.0, f"{method} hidden: below the threshold")
+    strength = heatmap_strength(reading.probability, threshold)
+    blended = overlay(reading.display, reading.cams[method], opacity * strength)
+    if edge is not None:
+        blended = draw_outline(blended, edge)
+    caption = f"{method} overlay" + (" (faint: below the threshold)" if below else "")
+    return CardImages(original, blended, strength, caption)
+
+
+def lung_lines(reading: Reading, method: str) -> tuple[str | None, str | None]:
+    """("Heat map inside the lungs: NN %", the outside-lungs caution or None); (None, None)
+    when the share is not known (no segmenter, it failed, or the mask was implausible)."""
+    share = reading.lung_share.get(method)
+    if share is None:
+        return None, None
+    return wording.lung_share_text(share), wording.lung_caution(share)
 
 
 def decision_badge(decision: str, threshold: float, muted: bool = False) -> str:

@@ -45,9 +45,24 @@ def _expected_probability(data: bytes) -> float:
     return float(Predictor(load_model()).predict(load_image(data)[None])[0])
 
 
-def _shown_probabilities(at) -> list[float]:
-    return [float(x.value.rstrip("%")) / 100 for x in at.metric
-            if x.label == "Probability of pneumonia"]
+def _shown_texts(at) -> list[str]:
+    return [x.value for x in at.metric if x.label == "Probability of pneumonia"]
+
+
+def _interval(text: str) -> tuple[float, float]:
+    """The probabilities a shown text stands for: "< 1 %", "> 99 %" or a whole percent."""
+    if text == "< 1 %":
+        return 0.0, 0.01
+    if text == "> 99 %":
+        return 0.99, 1.0
+    hit = re.fullmatch(r"(\d{1,2}) %", text)
+    assert hit, f"unexpected probability text {text!r}"
+    return (int(hit.group(1)) - 0.5) / 100, (int(hit.group(1)) + 0.5) / 100
+
+
+def _assert_shows(text: str, probability: float) -> None:
+    lo, hi = _interval(text)
+    assert lo - 1e-3 <= probability <= hi + 1e-3, (text, probability)
 
 
 def _decisions(at) -> list[str]:
@@ -69,21 +84,26 @@ def test_upload_shows_probability_overlay_and_errors():
         ("second.png", other, "image/png"),
     ]).run()
     assert not at.exception, at.exception
-    shown = _shown_probabilities(at)
+    _set_threshold(at, 0.0)  # every heat map shown
+    shown = _shown_texts(at)
     assert len(shown) == 2
     expected = sorted([_expected_probability(good), _expected_probability(other)], reverse=True)
-    np.testing.assert_allclose(shown, expected, atol=0.0006)  # shown rounded to 0.1 %
+    for text, p in zip(shown, expected):
+        _assert_shows(text, p)
     # original + overlay for each readable image, plus the colour-scale legend
     assert len(at.get("imgs")) >= 5 or len(at.image) >= 5
     assert any("empty.png" in e.value and "empty" in e.value.lower() for e in at.error)
     assert len(at.dataframe) == 1  # the worklist
+    table = at.dataframe[0].value
+    assert list(table["probability"][:2]) == shown  # the worklist says it the same way
 
 
 def test_threshold_moves_the_decision():
     at = _app()
     data = png_bytes(synthetic_xray(300, 3))
     at.file_uploader[0].set_value(("x.png", data, "image/png")).run()
-    p = _shown_probabilities(at)[0]
+    p = _expected_probability(data)
+    _assert_shows(_shown_texts(at)[0], p)
     below, above = max(p - 0.05, 0.0), min(p + 0.05, 1.0)
     _set_threshold(at, round(below, 3))
     assert _decisions(at) == ["PNEUMONIA"]
@@ -130,7 +150,7 @@ def test_presets_set_the_shared_slider_and_other_pages_follow():
     assert at.session_state["threshold"] == pytest.approx(0.5)
     data = png_bytes(synthetic_xray(300, 4))
     at.file_uploader[0].set_value(("y.png", data, "image/png")).run()
-    p = _shown_probabilities(at)[0]
+    p = _expected_probability(data)
     assert _decisions(at) == ["PNEUMONIA" if p >= 0.5 else "NORMAL"]
     assert any("0.500" in md.value for md in at.markdown)
 
@@ -183,7 +203,7 @@ def test_a_batch_writes_nothing_to_disk_and_connects_nowhere(monkeypatch, tmp_pa
     at = _app()
     at.file_uploader[0].set_value(
         [(f"p{i}.png", data, "image/png") for i, data in enumerate(uploads)]).run()
-    assert len(_shown_probabilities(at)) == 3
+    assert len(_shown_texts(at)) == 3
     assert attempts == []
     assert _tree_state(ROOT) - before_repo == set()  # nothing new or changed in the project
     # other programs may write to the temp folder meanwhile: none of it may hold upload bytes
@@ -194,3 +214,267 @@ def test_a_batch_writes_nothing_to_disk_and_connects_nowhere(monkeypatch, tmp_pa
         except OSError:
             continue
         assert not any(n in content for n in needles), f"upload bytes found in {path}"
+
+
+# --- lung fields, heat maps that do not shout, evidence beside the probability ---
+
+def _captions(at) -> list[str]:
+    return [c for img in at.image for c in img.captions]
+
+
+def _toggle(at, label: str):
+    found = [t for t in at.toggle if t.label == label]
+    return found[0] if found else None
+
+
+def _cam(image: np.ndarray, method: str = "Grad-CAM") -> np.ndarray:
+    from pneumo.explain import CamExplainer
+    from pneumo.model import load_model
+
+    global _EXPLAINER
+    if _EXPLAINER is None:
+        _EXPLAINER = CamExplainer(load_model())
+    return _EXPLAINER.explain(image[None])[0].cams[method]
+
+
+_EXPLAINER = None
+
+
+class _CamSegmenter:
+    """A stand-in lung segmenter whose "lungs" are chosen from the image's own Grad-CAM map: the
+    ``hottest`` half of the pixels (so at least half the heat lies inside) or the coldest 30 %
+    (at most 30 % inside). Shares are thus known to fall on either side of the caution line."""
+
+    def __init__(self, hottest: bool):
+        self.hottest = hottest
+        self.calls = 0
+
+    def fields(self, images):
+        from pneumo.explain import upsample
+        from pneumo.lungs import LungFields
+
+        self.calls += 1
+        out = []
+        for image in np.asarray(images):
+            up = upsample(_cam(image), config.IMAGE_SIZE, config.IMAGE_SIZE).ravel()
+            order = np.argsort(up)
+            chosen = order[len(order) // 2:] if self.hottest else order[:int(0.3 * len(order))]
+            mask = np.zeros(up.size, bool)
+            mask[chosen] = True
+            mask = mask.reshape(config.IMAGE_SIZE, config.IMAGE_SIZE)
+            out.append(LungFields(mask=mask, area=float(mask.mean()), components=2))
+        return out
+
+
+def test_heat_map_hidden_below_threshold_until_asked():
+    at = _app()
+    data = png_bytes(synthetic_xray(300, 5))
+    at.file_uploader[0].set_value(("z.png", data, "image/png")).run()
+    p = _expected_probability(data)
+    _set_threshold(at, round(min(p + 0.05, 1.0), 3))  # below the threshold
+    assert not any("overlay" in c for c in _captions(at))
+    assert any("Heat map hidden" in i.value for i in at.info)
+    assert not any(b.label == "Download overlay (PNG)" for b in at.get("download_button"))
+    _toggle(at, "Show heat map").set_value(True).run()
+    assert any(c == "Grad-CAM overlay (faint: below the threshold)" for c in _captions(at))
+    assert not any("Heat map hidden" in i.value for i in at.info)
+    _set_threshold(at, round(max(p - 0.05, 0.0), 3))  # above: shown at full strength, no toggle
+    assert "Grad-CAM overlay" in _captions(at)
+    assert _toggle(at, "Show heat map") is None
+    # the legend says the colours are relative to the image
+    assert any("relative to each image" in c for c in _captions(at))
+
+
+def test_evidence_line_beside_the_probability():
+    from pneumo import wording
+    from pneumo.evaluate import read_predictions
+
+    test = read_predictions(config.weights_path(config.TEST_PREDICTIONS_FILE))
+    at = _app()
+    data = png_bytes(synthetic_xray(300, 6))
+    at.file_uploader[0].set_value(("e.png", data, "image/png")).run()
+    line = wording.evidence_line(_expected_probability(data), test["probability"], test["label"])
+    assert line.startswith("Of the ")
+    assert line in [c.value for c in at.caption]
+
+
+def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch):
+    from pneumo import ui
+
+    monkeypatch.setattr(ui, "segmenter", lambda: None)
+    at = _app()
+    at.file_uploader[0].set_value(("n.png", png_bytes(synthetic_xray(300, 7)), "image/png")).run()
+    _set_threshold(at, 0.0)
+    assert not at.exception
+    assert _toggle(at, "Show lung outline") is None
+    assert not any("inside the lungs" in md.value for md in at.markdown)
+
+
+@pytest.mark.parametrize("hottest", [True, False])
+def test_lung_outline_share_and_caution(monkeypatch, hottest):
+    from pneumo import explain, ui, wording
+    from pneumo.images import load_image
+    from pneumo.lungs import OUTSIDE_LUNGS_CAUTION, heatmap_in_lungs
+
+    seg = _CamSegmenter(hottest)
+    monkeypatch.setattr(ui, "segmenter", lambda: seg)
+    drawn = []
+    original_draw = explain.draw_outline
+    monkeypatch.setattr(explain, "draw_outline",
+                        lambda rgb, edge, *a: drawn.append(edge) or original_draw(rgb, edge, *a))
+    at = _app()
+    data = png_bytes(synthetic_xray(300, 8))
+    at.file_uploader[0].set_value(("l.png", data, "image/png")).run()
+    _set_threshold(at, 0.0)  # heat map shown
+    assert seg.calls == 1
+
+    image = load_image(data)
+    share = heatmap_in_lungs(_cam(image), seg.fields(image[None])[0].mask)[0]
+    assert (share >= 0.5) if hottest else (share <= 0.3)
+    lines = [md.value for md in at.markdown if "inside the lungs" in md.value]
+    assert lines == [wording.lung_share_text(share)]
+    cautions = [w.value for w in at.warning if w.value == OUTSIDE_LUNGS_CAUTION]
+    assert cautions == ([] if hottest else [OUTSIDE_LUNGS_CAUTION])
+
+    # the outline: off by default, then drawn on the original and on the overlay
+    assert drawn == []
+    _toggle(at, "Show lung outline").set_value(True).run()
+    assert not at.exception
+    assert len(drawn) == 2 and all(d.any() for d in drawn)
+    drawn.clear()
+    _set_threshold(at, 1.0)  # heat map hidden: the outline stays on the original
+    assert len(drawn) == 1
+    assert not any("inside the lungs" in md.value for md in at.markdown)
+
+
+def test_real_lung_model_on_a_real_xray(shared_data):
+    from pneumo import wording
+    from pneumo.images import load_image
+    from pneumo.lungs import LungSegmenter, heatmap_in_lungs
+
+    if not config.weights_path(config.LUNG_MODEL_FILE).exists():
+        pytest.skip(f"no lung-field model at {config.weights_path(config.LUNG_MODEL_FILE)}")
+    path = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    data = path.read_bytes()
+    at = _app()
+    at.file_uploader[0].set_value((path.name, data, "image/jpeg")).run()
+    _set_threshold(at, 0.0)
+    assert not at.exception
+    assert _toggle(at, "Show lung outline") is not None
+    image = load_image(data)
+    fields = LungSegmenter.load().fields(image[None])[0]
+    texts = [md.value for md in at.markdown if "inside the lungs" in md.value]
+    if fields.problem:
+        assert texts == [] and any(w.value == fields.problem for w in at.warning)
+    else:
+        share = heatmap_in_lungs(_cam(image), fields.mask)[0]
+        assert texts == [wording.lung_share_text(share)]
+
+
+def test_low_probability_normal_xray_shows_no_heat_map(shared_data):
+    """A NORMAL test image the model scores below 10 %: no overlay at the recommended threshold."""
+    from pneumo.evaluate import read_predictions
+
+    test = read_predictions(config.weights_path(config.TEST_PREDICTIONS_FILE))
+    low = [(f, p) for f, p, c in zip(test["filename"], test["probability"], test["class_name"])
+           if c == "NORMAL" and p < 0.1]
+    assert low, "no NORMAL test image below 10 %"
+    name, p = low[0]
+    data = (shared_data / "test" / "NORMAL" / name).read_bytes()
+    at = _app()
+    at.file_uploader[0].set_value((name, data, "image/jpeg")).run()
+    assert at.session_state["threshold"] > p
+    _assert_shows(_shown_texts(at)[0], p)
+    assert not any("overlay" in c for c in _captions(at))
+    assert _toggle(at, "Show heat map") is not None
+
+
+# --- image quality: turned, flipped, inverted, low resolution ---
+
+def _quality_model():
+    if not config.weights_path(config.QUALITY_MODEL_FILE).exists():
+        pytest.skip(f"no quality network at {config.weights_path(config.QUALITY_MODEL_FILE)}")
+
+
+def _badge_colours(at) -> list[str]:
+    return [re.search(r"background:(#[0-9a-f]{6})", md.value).group(1)
+            for md in at.markdown if re.search(r">(PNEUMONIA|NORMAL)</span>", md.value)]
+
+
+@pytest.mark.parametrize("code, label", [("rot90", "Read it turned the right way"),
+                                         ("inverted", "Read the inverted image")])
+def test_turned_or_inverted_xray_offers_a_reading_the_right_way(shared_data, code, label):
+    from pneumo import quality, ui
+    from pneumo.images import load_image
+
+    _quality_model()
+    path = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    upright = load_image(path)
+    data = png_bytes(quality.apply(upright, code))
+    at = _app()
+    at.file_uploader[0].set_value((f"{code}.png", data, "image/png")).run()
+    _set_threshold(at, 0.5)
+    assert not at.exception, at.exception
+    assert quality.MESSAGES[code] in [w.value for w in at.warning]
+    buttons = [b for b in at.button if b.label == label]
+    assert len(buttons) == 1
+    assert _badge_colours(at) == ["#8a8f98"]  # greyed out, like a "not a chest X-ray" one
+    as_uploaded = _shown_texts(at)
+    _assert_shows(as_uploaded[0], _expected_probability(data))
+
+    buttons[0].click().run()
+    assert not at.exception, at.exception
+    shown = _shown_texts(at)
+    assert len(shown) == 2 and shown[0] == as_uploaded[0]
+    _assert_shows(shown[1], _expected_probability(png_bytes(upright)))  # as if uploaded upright
+    assert quality.correction_note([code]) in [i.value for i in at.info]
+    assert "Corrected by pneumo" in _captions(at)
+    colours = _badge_colours(at)
+    assert colours[0] == "#8a8f98" and colours[1] in ui.DECISION_COLOURS.values()
+    assert not any(b.label == label for b in at.button)  # read once, then shown
+    at.run()  # the corrected reading stays without another click
+    assert len(_shown_texts(at)) == 2
+
+
+def test_an_upright_xray_gets_no_quality_message_or_button(shared_data):
+    from pneumo import quality
+
+    _quality_model()
+    path = sorted((shared_data / "test" / "NORMAL").glob("*.jpeg"))[0]
+    at = _app()
+    at.file_uploader[0].set_value((path.name, path.read_bytes(), "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert len(_shown_texts(at)) == 1
+    assert not any(w.value in quality.MESSAGES.values() for w in at.warning)
+    assert not any(b.label.startswith("Read ") for b in at.button)
+
+
+def test_a_64_px_radiograph_gets_the_low_resolution_note_not_the_ood_message(shared_data):
+    from PIL import Image
+
+    from pneumo import ood, quality
+
+    path = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[1]
+    with Image.open(path) as img:
+        small = np.asarray(img.convert("L").resize((64, 64), Image.LANCZOS))
+    at = _app()
+    at.file_uploader[0].set_value(("small.png", png_bytes(small), "image/png")).run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning]
+    assert quality.low_resolution_message(64, 64) in warnings
+    assert ood.WARNING not in warnings
+    assert len(_shown_texts(at)) == 1
+
+
+def test_quality_notice_shown_once_when_the_network_is_missing(monkeypatch):
+    from pneumo import ui
+    from pneumo.quality import QualityChecker
+
+    notice = "The orientation and grey-scale checks are off: test notice."
+    monkeypatch.setattr(ui, "quality_checker", lambda: QualityChecker(notice=notice))
+    at = _app()
+    at.file_uploader[0].set_value([(f"q{i}.png", png_bytes(synthetic_xray(300, 20 + i)),
+                                    "image/png") for i in range(2)]).run()
+    assert not at.exception, at.exception
+    assert [c.value for c in at.caption].count(notice) == 1
+    assert len(_shown_texts(at)) == 2

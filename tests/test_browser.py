@@ -107,27 +107,38 @@ def _wait_for_results(page, n: int, timeout_s: float = 180) -> None:
         arg=n, timeout=timeout_s * 1000)
 
 
+def _pneumonia_xray() -> tuple[str, bytes]:
+    folder = config.SHARED_DATA_DIR / "test" / "PNEUMONIA"
+    files = sorted(folder.glob("*.jpeg"))[:1] if folder.exists() else []
+    if files:
+        return files[0].name, files[0].read_bytes()
+    return _real_xrays(1)[0]
+
+
 def test_upload_real_xray_shows_probability_and_overlay(server, browser):
     from pneumo.images import load_image
     from pneumo.model import Predictor, load_model
+    from pneumo.wording import probability_text
 
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page()
     _open_reader(page, server["url"])
-    name, data = _real_xrays(1)[0]
+    name, data = _pneumonia_xray()
+    expected = float(Predictor(load_model()).predict(load_image(data)[None])[0])
+    threshold = round(json.loads(config.weights_path(config.METRICS_FILE).read_text())[
+        "thresholds"]["recommended"], 3)
     _upload(page, [(name, data)])
     _wait_for_results(page, 1)
-    page.get_by_text("Grad-CAM overlay").first.wait_for(timeout=60_000)
+    if expected >= threshold:  # below it the heat map is hidden until asked for
+        page.get_by_text("Grad-CAM overlay").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1500)  # let images paint before the screenshot
     page.screenshot(path=str(ARTIFACTS / "read_xrays.png"), full_page=True)
 
-    expected = float(Predictor(load_model()).predict(load_image(data)[None])[0])
     value = page.locator('[data-testid="stMetricValue"]').first.inner_text()
-    assert abs(float(value.rstrip("%")) / 100 - expected) < 0.0006
-    assert page.get_by_text("Grad-CAM overlay").count() == 1
-    assert page.locator('[data-testid="stImage"] img').count() >= 3  # legend, original, overlay
-    threshold = round(json.loads(config.weights_path(config.METRICS_FILE).read_text())[
-        "thresholds"]["recommended"], 3)
+    assert value.strip() == probability_text(expected)
+    if expected >= threshold:
+        assert page.get_by_text("Grad-CAM overlay").count() == 1
+        assert page.locator('[data-testid="stImage"] img').count() >= 3  # legend, original, overlay
     assert page.get_by_text("PNEUMONIA" if expected >= threshold else "NORMAL").count() >= 1
     # the shared threshold slider is still in the sidebar after the upload's reruns
     assert page.get_by_text("Decision threshold on P(pneumonia)").count() == 1
@@ -141,7 +152,7 @@ def test_twenty_image_upload_time_is_measured(server, browser):
     started = time.perf_counter()
     _upload(page, files)
     _wait_for_results(page, 20)
-    page.locator('[data-testid="stImage"] img').nth(40).wait_for(timeout=60_000)
+    page.locator('[data-testid="stImage"] img').nth(20).wait_for(timeout=60_000)  # legend + 20
     elapsed = time.perf_counter() - started
     print(f"\n20-image upload fully shown in the browser in {elapsed:.1f} s (target 10 s)")
     (ARTIFACTS / "browser_timing.txt").write_text(f"20 images shown in {elapsed:.2f} s\n")
@@ -157,7 +168,7 @@ def test_explorer_and_model_card_pages_render(server, browser):
     page.wait_for_timeout(1500)
     page.screenshot(path=str(ARTIFACTS / "threshold_explorer.png"), full_page=True)
     page.goto(f"{server['url']}/model_card")
-    page.get_by_text("Reliability diagram").first.wait_for(timeout=60_000)
+    page.get_by_text("Reliability, official test").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(ARTIFACTS / "model_card.png"), full_page=True)
     page.close()

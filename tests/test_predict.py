@@ -31,12 +31,14 @@ def _image_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, bundled_model_dir):
-    """One CLI run over the folder, in batches of 2, with overlays."""
+    """One CLI run over the folder, in batches of 2, with overlays, without a lung model."""
     tmp = tmp_path_factory.mktemp("predict")
     folder = _image_folder(tmp / "xrays")
     out, cams = tmp / "results.csv", tmp / "cams"
-    code = predict.main([str(folder), "--out", str(out), "--cams", str(cams),
-                         "--threshold", "0.5", "--batch-size", "2"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(predict, "load_segmenter", lambda: None)
+        code = predict.main([str(folder), "--out", str(out), "--cams", str(cams),
+                             "--threshold", "0.5", "--batch-size", "2"])
     with out.open(newline="", encoding="utf-8") as f:
         rows = {row["file"]: row for row in csv.DictReader(f)}
     return code, folder, rows, cams
@@ -93,3 +95,196 @@ def test_empty_folder_is_an_error(tmp_path, capsys):
     assert predict.main([str(tmp_path), "--out", str(tmp_path / "out.csv")]) == 1
     assert "No supported images" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_no_lung_model_leaves_the_lung_columns_empty(cli_run):
+    _, _, rows, _ = cli_run
+    assert all(row["gradcam_in_lungs"] == "" and row["lung_warning"] == "" for row in rows.values())
+
+
+LUNGLESS = "lungless.png"
+
+
+class _HalfLungs:
+    """Stand-in segmenter: the left half is "lung"; an image with a white top-left corner has no
+    plausible lungs (a 2 % mask)."""
+
+    @staticmethod
+    def mask(image) -> np.ndarray:
+        mask = np.zeros(image.shape[:2], bool)
+        if image[:8, :8].min() >= 250:
+            mask[:30, :30] = True
+        else:
+            mask[:, : image.shape[1] // 2] = True
+        return mask
+
+    def fields(self, images):
+        from pneumo.lungs import LungFields
+
+        out = []
+        for image in np.asarray(images):
+            m = self.mask(image)
+            out.append(LungFields(mask=m, area=float(m.mean()), components=1))
+        return out
+
+
+@pytest.fixture(scope="module")
+def cli_lungs_run(tmp_path_factory, bundled_model_dir):
+    tmp = tmp_path_factory.mktemp("predict_lungs")
+    folder = tmp / "xrays"
+    folder.mkdir()
+    for seed, name in enumerate(("a.png", "b.png")):
+        (folder / name).write_bytes(png_bytes(synthetic_xray(256, seed)))
+    odd = synthetic_xray(256, 5)
+    odd[:40, :40] = 255
+    (folder / LUNGLESS).write_bytes(png_bytes(odd))
+    out = tmp / "results.csv"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(predict, "load_segmenter", _HalfLungs)
+        assert predict.main([str(folder), "--out", str(out), "--batch-size", "2"]) == 0
+    with out.open(newline="", encoding="utf-8") as f:
+        return folder, {row["file"]: row for row in csv.DictReader(f)}
+
+
+def test_cli_reports_the_gradcam_share_inside_the_lungs(cli_lungs_run):
+    from pneumo.explain import METHODS, CamExplainer
+    from pneumo.images import load_image
+    from pneumo.lungs import NO_LUNGS_WARNING, heatmap_in_lungs
+    from pneumo.model import load_model
+
+    folder, rows = cli_lungs_run
+    explainer = CamExplainer(load_model())
+    for name in ("a.png", "b.png"):
+        image = load_image(folder / name)
+        cam = explainer.explain(image[None])[0].cams[METHODS[0]]
+        share = heatmap_in_lungs(cam, _HalfLungs.mask(image))[0]
+        assert float(rows[name]["gradcam_in_lungs"]) == pytest.approx(share, abs=2e-4)
+        assert rows[name]["lung_warning"] == ""
+    odd = rows[LUNGLESS]
+    assert odd["lung_warning"] == NO_LUNGS_WARNING
+    assert odd["gradcam_in_lungs"] == "" and odd["probability_pneumonia"] != ""
+    assert NO_LUNGS_WARNING not in odd["ood_warning"]
+
+
+def test_load_segmenter_absent_or_broken_gives_none(monkeypatch, tmp_path, capsys):
+    from pneumo import config
+
+    monkeypatch.setattr(config, "WEIGHTS_DIR", tmp_path)
+    assert predict.load_segmenter() is None
+    assert "no lungs.keras" in capsys.readouterr().err
+    (tmp_path / config.LUNG_MODEL_FILE).write_bytes(b"not a keras file")
+    assert predict.load_segmenter() is None
+    assert "could not load" in capsys.readouterr().err
+
+
+# --- image quality: the quality column, --auto-correct ---
+
+def _marked(width: int, height: int, seed: int) -> np.ndarray:
+    """A test-made X-ray, ``height`` x ``width``, with a white top-left corner."""
+    img = synthetic_xray(max(width, height), seed)[:height, :width].copy()
+    img[:40, :40] = 255
+    return img
+
+
+class _CornerChecker:
+    """Stand-in quality checker: ``rot90`` when the bottom-left corner is white (a marked upright
+    image turned anticlockwise); resolution by the real rule."""
+
+    available = True
+    notice = None
+
+    def check(self, images, sizes):
+        from pneumo import quality
+
+        return [quality.report_for([quality.ROT90] if im[-8:, :8].min() >= 250 else [], im, size)
+                for im, size in zip(images, sizes)]
+
+
+@pytest.fixture(scope="module")
+def quality_runs(tmp_path_factory, bundled_model_dir):
+    """The same folder read twice with the stand-in checker: as found, and with --auto-correct."""
+    tmp = tmp_path_factory.mktemp("predict_quality")
+    folder = tmp / "xrays"
+    folder.mkdir()
+    upright = _marked(300, 260, 1)
+    (folder / "up.png").write_bytes(png_bytes(upright))
+    (folder / "turned.png").write_bytes(png_bytes(np.ascontiguousarray(np.rot90(upright))))
+    (folder / "small.png").write_bytes(png_bytes(synthetic_xray(100, 2)))
+    out = {}
+    for flag in ("", "--auto-correct"):
+        csv_path, cams = tmp / f"results{flag}.csv", tmp / f"cams{flag}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(predict, "load_segmenter", lambda: None)
+            mp.setattr(predict, "load_quality_checker", _CornerChecker)
+            args = [str(folder), "--out", str(csv_path), "--cams", str(cams), "--batch-size", "2"]
+            assert predict.main(args + ([flag] if flag else [])) == 0
+        with csv_path.open(newline="", encoding="utf-8") as f:
+            out[flag or "as found"] = (list(csv.DictReader(f)), cams)
+    return folder, out
+
+
+def test_csv_keeps_its_columns_and_adds_quality_and_corrected(quality_runs):
+    _, out = quality_runs
+    rows, _ = out["as found"]
+    assert list(rows[0]) == list(predict.COLUMNS)
+    assert predict.COLUMNS[:10] == ("file", "probability_pneumonia", "decision", "threshold",
+                                    "gradcam_in_lungs", "ood_warning", "lung_warning", "error",
+                                    "notes", "cam_file")
+    assert predict.COLUMNS[10:] == ("quality", "corrected")
+
+
+def test_quality_column_and_auto_correct(quality_runs):
+    from pneumo import quality
+    from pneumo.images import load_image
+    from pneumo.model import Predictor, load_model
+
+    folder, out = quality_runs
+    found = {r["file"]: r for r in out["as found"][0]}
+    fixed = {r["file"]: r for r in out["--auto-correct"][0]}
+    assert found["turned.png"]["quality"] == "rot90" and found["turned.png"]["corrected"] == ""
+    assert found["small.png"]["quality"] == "low_resolution"
+    assert found["up.png"]["quality"] == "" and found["up.png"]["corrected"] == ""
+
+    predictor = Predictor(load_model())
+    turned = load_image(folder / "turned.png")
+    as_found, corrected = predictor.predict(np.stack([turned, quality.correct(turned, "rot90")]))
+    assert float(found["turned.png"]["probability_pneumonia"]) == pytest.approx(as_found, abs=1e-4)
+    assert float(fixed["turned.png"]["probability_pneumonia"]) == pytest.approx(corrected, abs=1e-4)
+    assert abs(as_found - corrected) > 1e-3  # the two readings do differ
+    assert fixed["turned.png"]["corrected"] == "rot90" and fixed["turned.png"]["quality"] == "rot90"
+    assert quality.correction_note(["rot90"]) in fixed["turned.png"]["notes"]
+    # the overlay of the corrected reading is drawn on the image turned back (300 wide, 260 high)
+    with Image.open(fixed["turned.png"]["cam_file"]) as img:
+        assert img.size == (300, 260)
+    with Image.open(found["turned.png"]["cam_file"]) as img:
+        assert img.size == (260, 300)
+    # nothing to correct: the same row either way
+    for name in ("up.png", "small.png"):
+        assert {k: v for k, v in fixed[name].items() if k != "cam_file"} == {
+            k: v for k, v in found[name].items() if k != "cam_file"}
+    assert fixed["small.png"]["corrected"] == ""
+
+
+def test_summary_counts_quality_findings():
+    rows = [{"error": "", "decision": "NORMAL", "ood_warning": "", "quality": "rot90",
+             "corrected": "rot90"},
+            {"error": "", "decision": "NORMAL", "ood_warning": "", "quality": "low_resolution",
+             "corrected": ""},
+            {"error": "", "decision": "NORMAL", "ood_warning": "", "quality": "", "corrected": ""}]
+    line = predict.summary(rows, 0.5, Path("r.csv"))
+    assert "2 with image-quality findings (1 read corrected)" in line
+    assert "image-quality" not in predict.summary(rows[2:], 0.5, Path("r.csv"))
+
+
+def test_load_quality_checker_absent_or_broken_says_so(monkeypatch, tmp_path, capsys):
+    from pneumo import config
+
+    monkeypatch.setattr(config, "WEIGHTS_DIR", tmp_path)
+    checker = predict.load_quality_checker()
+    assert not checker.available and "is missing" in capsys.readouterr().err
+    (tmp_path / config.QUALITY_MODEL_FILE).write_bytes(b"not a keras file")
+    checker = predict.load_quality_checker()
+    assert not checker.available and "could not be used" in capsys.readouterr().err
+    # without its network the checker still checks the resolution
+    reports = checker.check(np.zeros((1, 224, 224, 3), np.uint8), [(100, 100)])
+    assert reports[0].low_resolution

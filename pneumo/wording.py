@@ -1,0 +1,93 @@
+"""How numbers are put into words for a person: probabilities, their test-set evidence, lung shares.
+
+The one owner of the rule that a probability is never shown as "0 %" or "100 %": every page,
+the worklist and anything else a person reads goes through :func:`probability_text`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pneumo import config
+
+LOW, HIGH = config.PROBABILITY_SHOWN_RANGE
+# Bins for the evidence line: the two extremes as the probability text names them, deciles between.
+EVIDENCE_EDGES = (0.0, LOW, *(i / 10 for i in range(1, 10)), HIGH, 1.0)
+
+
+def percent(value: float) -> str:
+    """0..1 -> whole percent with a space, rounded half up: 0.237 -> "24 %"."""
+    return f"{math.floor(value * 100 + 0.5)} %"
+
+
+def probability_text(probability: float | None) -> str:
+    """A probability for a person: "< 1 %" and "> 99 %" at the extremes, whole percent between.
+
+    None (nothing was read) gives "".
+    """
+    if probability is None or not math.isfinite(probability):
+        return ""
+    if probability < LOW:
+        return f"< {percent(LOW)}"
+    if probability > HIGH:
+        return f"> {percent(HIGH)}"
+    return percent(probability)
+
+
+def evidence_bin(probability: float, scores: np.ndarray, edges: tuple[float, ...] = EVIDENCE_EDGES,
+                 min_count: int = config.EVIDENCE_MIN_IMAGES) -> tuple[float, float]:
+    """(low, high) edges of the bin holding ``probability``, widened one edge each side at a time
+    until it holds at least ``min_count`` of ``scores`` (or spans 0..1).
+
+    A bin is [low, high), except that the top one includes 1.
+    """
+    scores = np.asarray(scores, dtype="float64")
+    last = len(edges) - 1
+    lo = int(np.clip(np.searchsorted(edges, probability, side="right") - 1, 0, last - 1))
+    hi = lo + 1
+    while _in_bin(scores, edges[lo], edges[hi]).sum() < min_count and (lo > 0 or hi < last):
+        lo, hi = max(lo - 1, 0), min(hi + 1, last)
+    return edges[lo], edges[hi]
+
+
+def _in_bin(scores: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (scores >= lo) & ((scores <= hi) if hi >= 1.0 else (scores < hi))
+
+
+def _range_words(lo: float, hi: float) -> str:
+    if lo <= 0.0 and hi >= 1.0:
+        return "at any probability"
+    if lo <= 0.0:
+        return f"below {percent(hi)}"
+    if hi >= 1.0:
+        return f"{percent(lo)} or higher"
+    return f"between {percent(lo)} and {percent(hi)}"
+
+
+def evidence_line(probability: float, scores: np.ndarray, labels: np.ndarray,
+                  min_count: int = config.EVIDENCE_MIN_IMAGES) -> str:
+    """"Of the N test images scored between a and b, k had pneumonia." for the bin around
+    ``probability`` (see :func:`evidence_bin`); ``labels`` are 1 for pneumonia. "" without scores.
+    """
+    scores, labels = np.asarray(scores, dtype="float64"), np.asarray(labels)
+    if scores.size == 0:
+        return ""
+    lo, hi = evidence_bin(probability, scores, min_count=min_count)
+    chosen = _in_bin(scores, lo, hi)
+    n, k = int(chosen.sum()), int((labels[chosen] == 1).sum())
+    images = "image" if n == 1 else "images"
+    return f"Of the {n} test {images} scored {_range_words(lo, hi)}, {k} had pneumonia."
+
+
+def lung_share_text(share: float) -> str:
+    """"Heat map inside the lungs: 73 %" (a measured share, so 0 % and 100 % can be said)."""
+    return f"Heat map inside the lungs: {percent(share)}"
+
+
+def lung_caution(share: float) -> str | None:
+    """The caution when less than ``config.LUNG_CAUTION_SHARE`` of the heat map is in the lungs."""
+    from pneumo.lungs import OUTSIDE_LUNGS_CAUTION
+
+    return OUTSIDE_LUNGS_CAUTION if share < config.LUNG_CAUTION_SHARE else None
