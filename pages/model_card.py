@@ -17,7 +17,8 @@ st.markdown(
     "- **Labels**: NORMAL vs PNEUMONIA (bacterial or viral) as graded by physicians; no other "
     "findings (effusion, cardiomegaly, tubes, COVID-19...) are recognised.\n"
     "- **Heat maps** show which regions raised the pneumonia score. They are not a segmentation "
-    "of the lesion and can highlight irrelevant structures.\n"
+    "of the lesion and can highlight irrelevant structures; the table below says how often "
+    "they fall on the lungs.\n"
     "- Images that do not look like chest X-rays are flagged, and their probability greyed out."
 )
 
@@ -42,13 +43,33 @@ if metrics:
 else:
     st.warning("weights/metrics.json is missing: run `python -m pneumo.evaluate --data PATH`.")
 
+st.subheader("Calibration: validation and test")
 left, right = st.columns(2)
-test = ui.predictions("test")
-if test is not None:
-    left.plotly_chart(charts.reliability_diagram(test["label"], test["probability"],
-                                                 config.CALIBRATION_BINS), width="stretch")
-if training:
-    right.plotly_chart(charts.class_balance(training["splits"]), width="stretch")
+for column, split in ((left, "val"), (right, "test")):
+    predictions = ui.predictions(split)
+    if predictions is not None:
+        column.plotly_chart(charts.reliability_diagram(
+            predictions["label"], predictions["probability"], config.CALIBRATION_BINS,
+            split="validation" if split == "val" else "official test"), width="stretch")
+
+st.subheader("Do the heat maps sit on the lungs?")
+heatmaps = (metrics or {}).get("heatmaps", {})
+if heatmaps:
+    sources = {"ground_truth_masks": "drawn lung masks of the test images",
+               "segmenter_masks": "masks from pneumo's lung-field segmenter"}
+    rows = []
+    for source, report in heatmaps.items():
+        for method in ("Grad-CAM", "Grad-CAM++"):
+            for name, r in report.get(method, {}).items():
+                rows.append({"Masks": sources.get(source, source), "Method": method, "Class": name,
+                             "Images": r["n"], "Heat-map mass in the lungs": f"{r['mass_in_lungs']:.1%}",
+                             "Peak in the lungs": f"{r['peak_in_lungs']:.1%}",
+                             "Lungs' share of the image": f"{report['lung_area'].get(name, 0):.1%}"})
+    st.table(rows)
+    st.caption("Official test images. A map spread evenly over the image would put about the "
+               "lungs' share of the image inside them.")
+else:
+    st.info("No heat-map figures yet: run `python -m pneumo.evaluate --data PATH`.")
 
 st.subheader("Training")
 hist = ui.history()
@@ -56,6 +77,10 @@ if hist:
     left, right = st.columns(2)
     left.plotly_chart(charts.training_curves(hist, "loss"), width="stretch")
     right.plotly_chart(charts.training_curves(hist, "auc"), width="stretch")
+    if hist.get("val_outside") and any(v is not None for v in hist["val_outside"]):
+        left.plotly_chart(charts.training_curves(hist, "outside"), width="stretch")
+if training:
+    right.plotly_chart(charts.class_balance(training["splits"]), width="stretch")
 if training:
     model_file = config.weights_path(config.MODEL_FILE)
     size_mb = model_file.stat().st_size / 1e6 if model_file.exists() else float("nan")
@@ -65,8 +90,13 @@ if training:
         f"({training['patients']['val']} patients), none shared with training; the official "
         "16-image val split is not used.\n"
         f"- **Frozen-feature baseline** (head only) validation AUC "
-        f"{training['head_only_val_auc']:.4f}; fine-tuned best validation AUC "
-        f"{training['best_val_auc']:.4f} at epoch {training['best_epoch']}.\n"
+        f"{training['head_only_val_auc']:.4f}; fine-tuned: best validation log loss "
+        f"{training.get('best_val_loss') or float('nan'):.4f} (AUC {training['best_val_auc']:.4f}) "
+        f"at epoch {training['best_epoch']}; kept: "
+        f"{training.get('checkpoint', {}).get('chosen', 'best epoch').replace('_', ' ')}.\n"
+        f"- **Training against shortcuts**: {training['config'].get('augmentation', 'mild augmentation')}; "
+        f"penalty on heat-map mass outside the lungs, weight "
+        f"{training['config'].get('lung_penalty', 0)}.\n"
         f"- **Calibration**: Platt scaling fitted on validation "
         f"(scale {training['calibration']['scale']:.3f}, bias {training['calibration']['bias']:.3f}).\n"
         f"- **Model file**: {size_mb:.1f} MB; trained in {training['duration_minutes']} minutes "
@@ -76,3 +106,14 @@ if training:
     )
 else:
     st.warning("weights/training.json is missing: train with `python -m pneumo.train`.")
+
+lungs = ui.json_file(config.LUNG_RECORD_FILE)
+if lungs:
+    d = lungs["dice"]
+    st.markdown(
+        f"- **Lung-field segmenter**: {lungs['model']}, {lungs['parameters']:,} weights, "
+        f"{lungs['seconds_per_image'] * 1000:.0f} ms per image. Fitted on {len(lungs['fit_ids'])} "
+        f"pairs (pediatric train and CC BY adult), checkpoint chosen on {len(lungs['val_ids'])}. "
+        "Dice (mean / 5th percentile): "
+        + "; ".join(f"{k.replace('_', ' ')} {v['mean']:.3f} / {v['p5']:.3f} (n={v['n']})"
+                    for k, v in d.items()))

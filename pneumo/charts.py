@@ -138,7 +138,7 @@ def subtype_recall(probs_by_subtype: dict[str, np.ndarray], threshold: float) ->
     return _layout(fig, f"Pneumonia recall by subtype at {threshold:.3f}", "", "Recall")
 
 
-def reliability_diagram(labels, probs, bins: int = 10) -> go.Figure:
+def reliability_diagram(labels, probs, bins: int = 10, split: str = "") -> go.Figure:
     """Observed pneumonia frequency against mean predicted probability per bin."""
     r = m.reliability(labels, probs, bins)
     keep = r["count"] > 0
@@ -153,7 +153,8 @@ def reliability_diagram(labels, probs, bins: int = 10) -> go.Figure:
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     ece = m.expected_calibration_error(labels, probs, bins)
-    return _layout(fig, f"Reliability diagram (ECE {ece:.3f})", "Mean predicted P(pneumonia)",
+    title = f"Reliability, {split} (ECE {ece:.3f})" if split else f"Reliability diagram (ECE {ece:.3f})"
+    return _layout(fig, title, "Mean predicted P(pneumonia)",
                    "Observed pneumonia frequency")
 
 
@@ -164,6 +165,8 @@ def training_curves(history: dict[str, list], metric: str) -> go.Figure:
     label = [f"{ph} {ep}" for ph, ep in zip(history["phase"], history["epoch"])]
     for key, name, colour in ((metric, "train", NEUTRAL_COLOUR),
                               (f"val_{metric}", "validation", PNEUMONIA_COLOUR)):
+        if key not in history:
+            continue
         fig.add_scatter(x=step, y=history[key], name=name, mode="lines+markers", text=label,
                         line={"color": colour, "width": 2},
                         hovertemplate="%{text}: %{y:.4f}")
@@ -171,7 +174,8 @@ def training_curves(history: dict[str, list], metric: str) -> go.Figure:
     if 0 < n_head < len(step):
         fig.add_vline(x=n_head + 0.5, line={"color": THRESHOLD_COLOUR, "dash": "dash"},
                       annotation_text="fine-tuning starts", annotation_position="top")
-    title = "AUC" if metric == "auc" else "Loss (binary cross-entropy)"
+    title = {"auc": "AUC", "loss": "Loss (binary cross-entropy)",
+             "outside": "Share of the heat map outside the lungs"}.get(metric, metric)
     return _layout(fig, title, "Epoch (head-only, then fine-tuning)", title)
 
 
