@@ -184,7 +184,8 @@ def format_table(metrics: dict) -> str:
         for method in ("Grad-CAM", "Grad-CAM++"):
             for name, r in report.get(method, {}).items():
                 lines.append(f"    {method:<10} {name:<9} mass in lungs {r['mass_in_lungs']:.1%}, "
-                             f"peak in lungs {r['peak_in_lungs']:.1%} (n={r['n']})")
+                             f"peak in lungs {r['peak_in_lungs']:.1%}, no positive map "
+                             f"{r.get('empty_maps', 0):.1%} (n={r['n']})")
     if "ood" in metrics:
         lines.append(f"  OOD check flags {metrics['ood']['test_flagged']:.2%} of test radiographs")
     return "\n".join(lines)

@@ -172,6 +172,9 @@ class LungSegmenter:
 def heatmap_report(cams: dict[str, np.ndarray], masks: np.ndarray, labels: np.ndarray) -> dict:
     """Per CAM method and class: mean share of heat-map mass in the lungs and share of peaks there.
 
+    A map with no positive evidence at all (``empty_maps``: nothing raised the score anywhere)
+    has no mass to place and counts as a peak outside the lungs.
+
     ``cams`` maps a method name to (N, h, w) maps, ``masks`` is (N, H, W) bool, ``labels`` (N,).
     Also gives the mean share of the image the lungs cover, for comparison.
     """
@@ -189,8 +192,11 @@ def heatmap_report(cams: dict[str, np.ndarray], masks: np.ndarray, labels: np.nd
         for label, name in enumerate(config.CLASS_NAMES):
             chosen = labels == label
             if chosen.any():
+                empty = np.isnan(shares[chosen])
                 per_class[name] = {"n": int(chosen.sum()),
-                                   "mass_in_lungs": float(np.nanmean(shares[chosen])),
-                                   "peak_in_lungs": float(np.mean(peaks[chosen]))}
+                                   "mass_in_lungs": float(np.nanmean(shares[chosen]))
+                                   if not empty.all() else float("nan"),
+                                   "peak_in_lungs": float(np.mean(peaks[chosen])),
+                                   "empty_maps": float(np.mean(empty))}
         out[method] = per_class
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import platform
 import time
@@ -41,22 +42,39 @@ from pneumo.model import (
     set_calibration,
 )
 
-HISTORY_FIELDS = ["phase", "epoch", "loss", "auc", "bce", "outside", "val_loss", "val_auc",
-                  "val_outside", "lr", "seconds"]
+HISTORY_FIELDS = ["phase", "epoch", "loss", "auc", "bce", "outside", "consistency", "val_loss",
+                  "val_auc", "val_outside", "lr", "seconds"]
 CAM_MASS_EPSILON = 1.0  # added to the CAM's total mass so an all-negative map has no penalty
 
 
 def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batch_size: int,
-                 seed: int = config.SEED) -> tf.data.Dataset:
-    """Training batches of ((float32 RGB 0-255, lung mask 0/1), label), shuffled and augmented."""
+                 seed: int = config.SEED, views: int = 1) -> tf.data.Dataset:
+    """Training batches of ((float32 RGB 0-255, lung mask 0/1), label), shuffled and augmented.
+
+    With ``views=2`` every image appears twice in its batch, augmented independently, as
+    neighbours (rows 2i and 2i+1), for the consistency term; a batch then holds
+    ``batch_size / 2`` images and the data set repeats.
+    """
+    size = config.IMAGE_SIZE
     ds = tf.data.Dataset.from_tensor_slices((images, masks[..., None], labels[:, None]))
     ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
 
     def prepare(x, m, y):
-        x, m = augment_example(x, m)
-        return (x, m), y
+        if views == 1:
+            x, m = augment_example(x, m)
+            return (x, m), y
+        (xa, ma), (xb, mb) = augment_example(x, m), augment_example(x, m)
+        return (tf.stack([xa, xb]), tf.stack([ma, mb])), tf.stack([y, y])
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
+    def flatten(xm, y):
+        x, m = xm
+        x = tf.reshape(x, [-1, size, size, 3])
+        return (x, tf.reshape(m, [-1, size, size, 1])), tf.reshape(y, [-1, 1])
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(max(1, batch_size // views))
+    if views > 1:
+        ds = ds.map(flatten).repeat()
+    return ds.prefetch(2)
 
 
 def cam_outside_share(features: tf.Tensor, kernel: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
@@ -75,15 +93,17 @@ def cam_outside_share(features: tf.Tensor, kernel: tf.Tensor, masks: tf.Tensor) 
 class LungGuidedTraining(keras.Model):
     """Fine-tunes a classifier on class-weighted log loss + ``penalty`` x CAM share outside lungs."""
 
-    def __init__(self, classifier: keras.Model, weights: dict[int, float], penalty: float):
+    def __init__(self, classifier: keras.Model, weights: dict[int, float], penalty: float,
+                 consistency: float = 0.0):
         super().__init__()
+        self.consistency = float(consistency)
         self.classifier = classifier
         self.parts = keras.Model(classifier.input, [classifier.get_layer(config.LOGIT_LAYER).output,
                                                     classifier.get_layer(config.CAM_LAYER).output])
         self.class_weight_values = (float(weights[0]), float(weights[1]))
         self.penalty = float(penalty)
         self.auc = keras.metrics.AUC(name="auc")
-        self.means = {k: keras.metrics.Mean(name=k) for k in ("loss", "bce", "outside")}
+        self.means = {k: keras.metrics.Mean(name=k) for k in ("loss", "bce", "outside", "consistency")}
 
     def call(self, inputs, training=False):
         return self.classifier(inputs, training=training)
@@ -104,8 +124,14 @@ class LungGuidedTraining(keras.Model):
             kernel = self.classifier.get_layer(config.LOGIT_LAYER).kernel
             outside = tf.reduce_mean(cam_outside_share(features, kernel, masks))
             loss = bce + self.penalty * outside
+            consistency = tf.constant(0.0)
+            if self.consistency > 0:  # rows 2i and 2i+1 are two views of one image
+                pairs = tf.reshape(logit[:, 0], [-1, 2])
+                consistency = tf.reduce_mean(tf.square(pairs[:, 0] - pairs[:, 1]))
+                loss = loss + self.consistency * consistency
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        for name, value in (("loss", loss), ("bce", bce), ("outside", outside)):
+        for name, value in (("loss", loss), ("bce", bce), ("outside", outside),
+                            ("consistency", consistency)):
             self.means[name].update_state(value)
         self.auc.update_state(y, tf.sigmoid(logit))
         return {m.name: m.result() for m in self.metrics}
@@ -250,7 +276,8 @@ def cached_arrays(out: Path, splits: dict, lungs_path: Path) -> dict[str, np.nda
     from pneumo.lungs import LungSegmenter
 
     cache = out / "checkpoints" / "arrays.npz"
-    key = fingerprint(splits["train"] + splits["val"])[:16]
+    key = fingerprint(splits["train"] + splits["val"])[:16] + "-" + \
+        hashlib.sha256(Path(lungs_path).read_bytes()).hexdigest()[:16]
     if cache.exists():
         with np.load(cache) as f:
             if str(f["key"]) == key:
@@ -312,7 +339,8 @@ def train(args: argparse.Namespace) -> dict:
     n_trainable = set_finetune_trainable(model, args.finetune_from)
     print(f"fine-tuning {n_trainable:,} weights from {args.finetune_from} on")
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, args.epochs * steps_per_epoch, alpha=0.05)
-    trainer = LungGuidedTraining(model, class_weights(y_train), args.lung_penalty)
+    trainer = LungGuidedTraining(model, class_weights(y_train), args.lung_penalty, args.consistency)
+    views = 2 if args.consistency > 0 else 1
     trainer.compile(optimizer=keras.optimizers.Adam(schedule))
     trainer.optimizer.build(model.trainable_variables)
     trainer.optimizer.iterations.assign(state["epochs_done"] * steps_per_epoch)
@@ -320,8 +348,10 @@ def train(args: argparse.Namespace) -> dict:
 
     if state["epochs_done"] < args.epochs:
         trainer.fit(
-            make_dataset(x_train, m_train, y_train, args.batch_size, seed=config.SEED + state["epochs_done"]),
+            make_dataset(x_train, m_train, y_train, args.batch_size,
+                         seed=config.SEED + state["epochs_done"], views=views),
             epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch if views > 1 else None,
             initial_epoch=state["epochs_done"],
             callbacks=[Checkpoint(out, state, started, scorer, model), TimeBudget(args.max_minutes, started)],
             verbose=args.verbose,
@@ -361,6 +391,7 @@ def train(args: argparse.Namespace) -> dict:
             "val_fraction": config.VAL_FRACTION, "dropout": config.DROPOUT_RATE,
             "class_weights": class_weights(y_train), "limit": args.limit,
             "lung_penalty": args.lung_penalty, "average_last": args.average_last,
+            "consistency": args.consistency,
             "augmentation": "pneumo.augment (crop 50-100 % area, shift, rotation, resize, blur/"
                             "sharpen, JPEG q30-95 or none, gamma/contrast/brightness, noise)",
             "checkpoint_rule": "lowest validation log loss; average of the last epochs if lower",
@@ -421,6 +452,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lung-field segmenter that draws the training masks")
     p.add_argument("--lung-penalty", type=float, default=config.LUNG_PENALTY,
                    help="weight of the CAM-mass-outside-the-lungs term (0: off)")
+    p.add_argument("--consistency", type=float, default=config.CONSISTENCY_WEIGHT,
+                   help="weight of the squared logit difference between two views of an image "
+                        "(0: off; otherwise each batch holds half as many images, twice)")
     p.add_argument("--average-last", type=int, default=config.AVERAGE_LAST_EPOCHS,
                    help="average the weights of this many last epochs if validation prefers it")
     p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this many minutes")

@@ -66,6 +66,10 @@ def test_heatmap_report_per_class_and_method():
     assert report["Grad-CAM"]["NORMAL"]["peak_in_lungs"] == 1.0
     assert report["Grad-CAM"]["PNEUMONIA"]["peak_in_lungs"] == 0.0
     assert report["lung_area"]["NORMAL"] == pytest.approx(0.5)
+    assert report["Grad-CAM"]["NORMAL"]["empty_maps"] == 0.0
+    empty = heatmap_report({"Grad-CAM": np.zeros((2, 7, 7), "float32")}, mask, np.array([0, 1]))
+    assert empty["Grad-CAM"]["NORMAL"]["empty_maps"] == 1.0
+    assert empty["Grad-CAM"]["NORMAL"]["peak_in_lungs"] == 0.0
 
 
 def test_implausible_masks_are_flagged():
