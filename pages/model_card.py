@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from pneumo import charts, config, ui
+from pneumo import charts, config, site, ui
 
 st.title("Model card")
+ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
 
 st.subheader("Intended use and limits")
 st.markdown(
@@ -43,14 +44,22 @@ if metrics:
 else:
     st.warning("weights/metrics.json is missing: run `python -m pneumo.evaluate --data PATH`.")
 
-st.subheader("Calibration: validation and test")
-left, right = st.columns(2)
-for column, split in ((left, "val"), (right, "test")):
+local = ui.active_site()
+st.subheader("Calibration: validation, test" + (" and this site" if local else ""))
+columns = st.columns(3 if local else 2)
+for column, split in zip(columns, ("val", "test")):
     predictions = ui.predictions(split)
     if predictions is not None:
         column.plotly_chart(charts.reliability_diagram(
             predictions["label"], predictions["probability"], config.CALIBRATION_BINS,
             split="validation" if split == "val" else "official test"), width="stretch")
+if local:
+    columns[2].plotly_chart(charts.reliability_diagram(
+        *local.sample(), config.CALIBRATION_BINS, split=f"{local.site}, site-calibrated"),
+        width="stretch")
+    st.caption(site.model_card_note(local))
+if ui.site_calibration_enabled():
+    ui.site_calibration_section()
 
 st.subheader("Do the heat maps sit on the lungs?")
 heatmaps = (metrics or {}).get("heatmaps", {})
@@ -64,10 +73,12 @@ if heatmaps:
                 rows.append({"Masks": sources.get(source, source), "Method": method, "Class": name,
                              "Images": r["n"], "Heat-map mass in the lungs": f"{r['mass_in_lungs']:.1%}",
                              "Peak in the lungs": f"{r['peak_in_lungs']:.1%}",
+                             "No positive map": f"{r.get('empty_maps', 0):.1%}",
                              "Lungs' share of the image": f"{report['lung_area'].get(name, 0):.1%}"})
     st.table(rows)
     st.caption("Official test images. A map spread evenly over the image would put about the "
-               "lungs' share of the image inside them.")
+               "lungs' share of the image inside them. 'No positive map': nothing in the image "
+               "raised the pneumonia score (common on NORMAL images); such a map has no peak.")
 else:
     st.info("No heat-map figures yet: run `python -m pneumo.evaluate --data PATH`.")
 

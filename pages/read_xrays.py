@@ -12,6 +12,7 @@ READINGS_KEY = "readings"  # digest -> Reading, for the files currently uploaded
 CORRECTED_KEY = "corrected_readings"  # digest -> Reading of the copy pneumo turned / inverted
 
 st.title("Read X-rays")
+ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
 st.caption("Drop one or more chest X-rays. Each gets a calibrated probability of pneumonia, the "
            "decision at the department's threshold, and a heat map of where the model looked.")
 
@@ -48,6 +49,7 @@ for store in (cache, corrected):
 # one card per upload, even when the same bytes come twice under different names
 readings = [cache[d] if cache[d].name == name else replace(cache[d], name=name)
             for (name, _), d in zip(files, digests)]
+readings = [ui.site_reading(r) for r in readings]  # site-calibrated when a site file is in use
 
 if not readings:
     st.info("No images yet. Drag chest X-rays onto the box above, or click *Upload*.")
@@ -105,6 +107,9 @@ def show_reading(r: reader.Reading, key: str) -> None:
         middle.image(view.overlay, caption=view.caption, width="stretch")
     with right:
         st.metric("Probability of pneumonia", wording.probability_text(r.probability))
+        site_note = ui.site_note(r)
+        if site_note:
+            st.caption(site_note)
         evidence = ui.evidence_line(r.probability)
         if evidence:
             st.caption(evidence)
@@ -156,4 +161,4 @@ for r in good:
             fixed = corrected[r.digest]
             st.markdown("##### Reading of the corrected image")
             st.info(fixed.notes[0], icon=":material/auto_fix_high:")
-            show_reading(fixed, f"{key}-corrected")
+            show_reading(ui.site_reading(fixed), f"{key}-corrected")

@@ -7,6 +7,7 @@ from pneumo import charts, ui
 from pneumo import metrics as m
 
 st.title("Threshold explorer")
+ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
 st.caption("Every chart follows the threshold in the sidebar. Moving it trades missed pneumonia "
            "(false negatives) against false alarms (false positives). The recommended and "
            "high-sensitivity thresholds were chosen on the validation split, never on test.")
@@ -18,12 +19,13 @@ for col, (label, value) in zip(cols[1:], presets.items()):
     col.button(label, on_click=ui.set_threshold, args=(value,), width="stretch",
                key=f"preset-{label}")
 
-source = st.radio("Evidence", ["Official test set (624 images)", "Validation split"],
-                  horizontal=True, key="evidence_split")
-data = ui.predictions("test" if source.startswith("Official") else "val")
+source = st.radio("Evidence", ui.evidence_options(), horizontal=True, key="evidence_split")
+data = ui.evidence(source)
 if data is None:
     st.error("No predictions found in weights/. Run `python -m pneumo.evaluate --data PATH`.")
     st.stop()
+if data["note"]:
+    st.caption(data["note"])
 
 threshold = ui.current_threshold()
 y, p = data["label"], data["probability"]
@@ -50,7 +52,8 @@ left, right = st.columns(2)
 left.plotly_chart(charts.roc(y, p, threshold), width="stretch")
 right.plotly_chart(charts.precision_recall(y, p, threshold), width="stretch")
 
-subtypes = {s: p[(data["subtype"] == s)] for s in ("bacteria", "virus")
-            if np.any(data["subtype"] == s)}
-left, _ = st.columns(2)
-left.plotly_chart(charts.subtype_recall(subtypes, threshold), width="stretch")
+if data["subtype"] is not None:  # the site sample has no subtypes
+    subtypes = {s: p[(data["subtype"] == s)] for s in ("bacteria", "virus")
+                if np.any(data["subtype"] == s)}
+    left, _ = st.columns(2)
+    left.plotly_chart(charts.subtype_recall(subtypes, threshold), width="stretch")

@@ -67,9 +67,10 @@ def _range_words(lo: float, hi: float) -> str:
 
 
 def evidence_line(probability: float, scores: np.ndarray, labels: np.ndarray,
-                  min_count: int = config.EVIDENCE_MIN_IMAGES) -> str:
+                  min_count: int = config.EVIDENCE_MIN_IMAGES, source: str = "test") -> str:
     """"Of the N test images scored between a and b, k had pneumonia." for the bin around
     ``probability`` (see :func:`evidence_bin`); ``labels`` are 1 for pneumonia. "" without scores.
+    ``source`` names the images ("test"; "site-sample" for a site calibration's sample).
     """
     scores, labels = np.asarray(scores, dtype="float64"), np.asarray(labels)
     if scores.size == 0:
@@ -78,7 +79,7 @@ def evidence_line(probability: float, scores: np.ndarray, labels: np.ndarray,
     chosen = _in_bin(scores, lo, hi)
     n, k = int(chosen.sum()), int((labels[chosen] == 1).sum())
     images = "image" if n == 1 else "images"
-    return f"Of the {n} test {images} scored {_range_words(lo, hi)}, {k} had pneumonia."
+    return f"Of the {n} {source} {images} scored {_range_words(lo, hi)}, {k} had pneumonia."
 
 
 def lung_share_text(share: float) -> str:

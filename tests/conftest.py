@@ -78,3 +78,10 @@ def kaggle_folder(tmp_path: Path) -> Path:
                     img = np.clip(img.astype(int) + 40, 0, 255).astype("uint8")
                 (folder / name).write_bytes(jpeg_bytes(img))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_site_calibration(tmp_path_factory, monkeypatch):
+    """No test sees a site calibration file of this machine: the site folder is an empty
+    temporary one, unless a test points ``PNEUMO_SITE_DIR`` elsewhere."""
+    monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "no-site"))
