@@ -5,6 +5,7 @@ import streamlit as st
 from pneumo import ui
 
 st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
+ui.explainer()  # once per server: starts loading and warming the model in the background
 
 pages = [
     st.Page("pages/read_xrays.py", title="Read X-rays", icon=":material/radiology:", default=True),

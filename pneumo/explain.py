@@ -2,10 +2,17 @@
 
 The reference implementation is tf-keras-vis (``Gradcam`` / ``GradcamPlusPlus`` on the model
 with ``ReplaceToLinear``, scoring the pneumonia output; see :func:`library_cams`).
-:class:`CamExplainer` computes the same maps with tf-keras-vis's formulas, but from one traced
-graph that returns the probability, the last feature map and its gradient for a whole batch at
-once: prediction and both CAM methods share a single forward/backward pass. A test keeps the
-two equal.
+
+pneumo computes the same maps from the forward pass alone. The head after the last feature map
+``A`` (h x w x K) is global average pooling, a linear logit ``w . mean_ij(A) + c`` and a linear
+calibration ``a * logit + b`` (the sigmoid comes after the score tf-keras-vis differentiates), so
+the gradient of the score is the same at every position: ``dS/dA_ijk = a * w_k / (h * w)``.
+With that constant gradient Grad-CAM is ``ReLU(sum_k a w_k A_k)`` normalised (the class
+activation map), and Grad-CAM++'s formula collapses to one weight per channel
+(:func:`gradcam_plus_plus_from_features`). So probability, both maps and the pooled features
+(for the OOD check) come from ONE forward pass, with no gradient tape: :class:`CamExplainer`
+runs it in Keras, :mod:`pneumo.runtime` in a faster runtime. Tests keep both equal to
+tf-keras-vis.
 """
 
 from __future__ import annotations
@@ -13,13 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
-import keras
 import numpy as np
 
 from pneumo import config
 
 METHODS = ("Grad-CAM", "Grad-CAM++")
-_EPS = keras.backend.epsilon()  # tf-keras-vis's normalisation epsilon
+_EPS = 1e-7  # tf-keras-vis's normalisation epsilon: keras.backend.epsilon() (a test checks it)
 
 
 @dataclass
@@ -29,6 +35,42 @@ class Explanation:
     probability: float
     cams: dict[str, np.ndarray]
     features: np.ndarray  # (1280,) global-average-pooled last feature map (for the OOD check)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The linear part of the model after the last feature map: ``score = a * (w . pool(A) + c) + b``.
+
+    ``probability = sigmoid(score)``; ``score`` is what tf-keras-vis differentiates.
+    """
+
+    kernel: np.ndarray  # (K,) logit weights w
+    scale: float  # calibration a
+    bias: float  # calibration b
+
+    @classmethod
+    def of(cls, model) -> Head:
+        """Read the head's weights from the Keras classifier (:func:`pneumo.model.build_classifier`)."""
+        logit, calibration = model.get_layer(config.LOGIT_LAYER), model.get_layer(config.CALIBRATION_LAYER)
+        pool = model.get_layer("avg_pool")
+        if (type(pool).__name__ != "GlobalAveragePooling2D"
+                or pool.input is not model.get_layer(config.CAM_LAYER).output
+                or logit.activation.__name__ != "linear"
+                or calibration.activation.__name__ != "sigmoid"):
+            raise ValueError("the closed-form CAMs need the head feature map -> global average "
+                             "pool -> linear logit -> sigmoid calibration")
+        kernel = np.asarray(logit.get_weights()[0], "float32")
+        a, b = calibration.get_weights()
+        return cls(kernel.reshape(-1), float(np.ravel(a)[0]), float(np.ravel(b)[0]))
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """(N,) calibrated scores before the sigmoid, from (N,) or (N, 1) logits (float32 as Keras)."""
+        logits = np.asarray(logits, "float32").reshape(-1)
+        return logits * np.float32(self.scale) + np.float32(self.bias)
+
+    def gradient(self, height: int, width: int) -> np.ndarray:
+        """(K,) dS/dA_ijk, the same at every position (i, j): ``a * w_k / (h * w)``."""
+        return (self.kernel * np.float32(self.scale)) / np.float32(height * width)
 
 
 def _normalize(cam: np.ndarray) -> np.ndarray:
@@ -63,30 +105,70 @@ def gradcam_plus_plus_from_gradients(
     return _normalize(np.maximum((weights * features).sum(-1), 0.0)).astype("float32")
 
 
-class CamExplainer:
-    """Probability + Grad-CAM + Grad-CAM++ for a batch from one traced forward/backward pass."""
+def gradcam_from_features(features: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """Grad-CAM with a gradient that is the same at every position: (N, h, w, K), (K,) -> (N, h, w).
 
-    def __init__(self, model: keras.Model, layer: str = config.CAM_LAYER):
-        import tensorflow as tf
+    The mean of a constant gradient over positions is the gradient itself, so this is
+    :func:`gradcam_from_gradients` without building the (N, h, w, K) gradient.
+    """
+    return _normalize(np.maximum(features @ gradient.astype(features.dtype), 0.0))
 
-        features_model = keras.Model(
-            model.input,
-            [model.get_layer(config.LOGIT_LAYER).output, model.get_layer(layer).output],
-        )
-        calibration = model.get_layer(config.CALIBRATION_LAYER)
-        spec = tf.TensorSpec([None, config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS],
-                             tf.float32)
 
-        def forward_backward(x):
-            with tf.GradientTape() as tape:
-                logit, features = features_model(x, training=False)
-                tape.watch(features)
-                # The calibrated output before its sigmoid (what ReplaceToLinear exposes).
-                score = tf.matmul(logit, calibration.kernel) + calibration.bias
-            grads = tape.gradient(score, features)
-            return tf.sigmoid(score)[:, 0], score[:, 0], features, grads
+def gradcam_plus_plus_from_features(
+    features: np.ndarray, gradient: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
+    """Grad-CAM++ with a gradient that is the same at every position (closed form).
 
-        self._run = tf.function(forward_backward, input_signature=[spec], reduce_retracing=True)
+    :func:`gradcam_plus_plus_from_gradients` with ``g_ijk = g_k``: the alphas
+    ``g^2 / (2 g^2 + g^3 sum_ij A)`` no longer depend on (i, j), so per channel they normalise
+    to ``1 / (h w)`` (0 where ``g_k == 0``) and the weight is ``exp(S) * ReLU(g_k)``. The same
+    arithmetic, zero guards included, on (N, 1, 1, K) arrays instead of (N, h, w, K).
+    """
+    n, h, w, _ = features.shape
+    exp_score = np.exp(np.asarray(scores, "float64")).reshape(-1, 1)
+    g = gradient.astype("float64")[None, :]
+    first = exp_score * g  # (N, K)
+    second = first * g
+    third = second * g
+    global_sum = features.sum(axis=(1, 2), dtype="float64")  # (N, K)
+    denom = 2.0 * second + third * global_sum
+    denom = denom + (second == 0.0)
+    alpha = second / denom  # the same at all h * w positions
+    norm = alpha * (h * w)
+    alpha = alpha / (norm + (norm == 0.0))
+    weights = np.maximum(first, 0.0) * alpha * (h * w)  # sum over the h * w equal terms
+    cam = np.einsum("nijk,nk->nij", features, weights)
+    return _normalize(np.maximum(cam, 0.0)).astype("float32")
+
+
+def explanations(probabilities: np.ndarray, logits: np.ndarray, features: np.ndarray,
+                 head: Head) -> list[Explanation]:
+    """One forward pass's outputs -> one Explanation per image (both maps, pooled features).
+
+    ``features`` is the last feature map (N, h, w, K) as the model computes it (float32).
+    """
+    features = np.asarray(features, "float32")
+    _, h, w, _ = features.shape
+    gradient = head.gradient(h, w)
+    cam = gradcam_from_features(features, gradient)
+    cam_pp = gradcam_plus_plus_from_features(features, gradient, head.scores(logits))
+    pooled = features.mean(axis=(1, 2))
+    return [Explanation(float(p), {METHODS[0]: c, METHODS[1]: cpp}, f)
+            for p, c, cpp, f in zip(np.ravel(probabilities), cam, cam_pp, pooled)]
+
+
+class ForwardExplainer:
+    """Probability + Grad-CAM + Grad-CAM++ + pooled features from one forward pass per batch.
+
+    Subclasses give :meth:`forward`: a float32 batch (N, 224, 224, 3) RGB 0-255 ->
+    (probabilities (N,), logits (N,), last feature maps (N, h, w, K)); and ``head``.
+    """
+
+    runtime = "?"
+    head: Head
+
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
     def explain(self, images: np.ndarray, batch_size: int = 16) -> list[Explanation]:
         """(N, 224, 224, 3) RGB 0-255 -> one Explanation per image."""
@@ -95,24 +177,43 @@ class CamExplainer:
             images = images[None]
         out: list[Explanation] = []
         for i in range(0, len(images), batch_size):
-            prob, score, feats, grads = (t.numpy() for t in self._run(images[i:i + batch_size]))
-            cam = gradcam_from_gradients(feats, grads)
-            cam_pp = gradcam_plus_plus_from_gradients(feats, grads, score)
-            pooled = feats.mean(axis=(1, 2))
-            out.extend(
-                Explanation(float(p), {METHODS[0]: c, METHODS[1]: cpp}, f)
-                for p, c, cpp, f in zip(prob, cam, cam_pp, pooled)
-            )
+            out.extend(explanations(*self.forward(images[i:i + batch_size]), self.head))
         return out
 
 
-def library_cams(model: keras.Model, images: np.ndarray, method: str = METHODS[0]) -> np.ndarray:
+class CamExplainer(ForwardExplainer):
+    """The Keras path (training's reference): one traced forward graph, any batch size."""
+
+    runtime = "keras"
+
+    def __init__(self, model):
+        import keras
+        import tensorflow as tf
+
+        self.head = Head.of(model)
+        outputs_model = keras.Model(
+            model.input,
+            [model.output, model.get_layer(config.LOGIT_LAYER).output,
+             model.get_layer(config.CAM_LAYER).output],
+        )
+        spec = tf.TensorSpec([None, config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS],
+                             tf.float32)
+        self._run = tf.function(lambda x: outputs_model(x, training=False), input_signature=[spec],
+                                reduce_retracing=True)
+
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        prob, logit, feats = (t.numpy() for t in self._run(images))
+        return prob.reshape(-1), logit.reshape(-1), feats
+
+
+def library_cams(model, images: np.ndarray, method: str = METHODS[0]) -> np.ndarray:
     """The tf-keras-vis reference: a fresh Gradcam/GradcamPlusPlus, not upsampled (N, 7, 7).
 
     This is the naive per-call path (it clones the model); the benchmark and tests use it.
     The clone is made here rather than by tf-keras-vis: its ``clone=True`` copies weights with
     ``set_weights``, which leaves Keras 3's Normalization layer unfinalised (wrong input scale).
     """
+    import keras
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear

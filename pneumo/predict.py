@@ -225,12 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from pneumo import ood
-    from pneumo.explain import METHODS, CamExplainer
-    from pneumo.model import load_model
+    from pneumo.explain import METHODS
     from pneumo.reader import read_batch, read_corrected
+    from pneumo.runtime import load_explainer
 
     try:
-        explainer = CamExplainer(load_model())
+        explainer = load_explainer()
     except FileNotFoundError as err:
         print(err, file=sys.stderr)
         return 1

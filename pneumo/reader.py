@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -54,6 +56,7 @@ class Reading:
     original_size: tuple[int, int] | None = None  # (height, width) of the decoded image
     quality: QualityReport | None = None  # None: no quality checker, or it failed on this batch
     corrected_from: tuple[str, ...] = ()  # quality codes pneumo undid before reading this copy
+    bundled_probability: float | None = None  # the model's own, when probability is site-calibrated
 
     @property
     def ok(self) -> bool:
@@ -114,6 +117,36 @@ def decode_file(name: str, data: bytes) -> Reading:
         reading.error = ("pneumo could not read this file. Export it again as PNG or JPEG and "
                          "re-upload it.")
     return reading
+
+
+_DECODE_POOL: ThreadPoolExecutor | None = None
+_DECODE_POOL_LOCK = threading.Lock()
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    """The process's decoding threads, shared by every batch and session: decoders release the
+    GIL, so files decode in parallel, and at most ``config.DECODE_WORKERS`` at once server-wide
+    (each may use up to ``config.DECODE_MEMORY_BUDGET_MB``)."""
+    global _DECODE_POOL
+    with _DECODE_POOL_LOCK:
+        if _DECODE_POOL is None:
+            _DECODE_POOL = ThreadPoolExecutor(config.DECODE_WORKERS, thread_name_prefix="pneumo-decode")
+        return _DECODE_POOL
+
+
+def decode_files(files: list[tuple[str, bytes]], progress: ProgressCallback | None = None,
+                 share: float = 0.3) -> list[Reading]:
+    """:func:`decode_file` for every file, in parallel on the shared decoding threads; in order.
+
+    ``progress`` is called from the calling thread (Streamlit needs that), up to ``share``.
+    """
+    futures = [_decode_pool().submit(decode_file, name, data) for name, data in files]
+    readings = []
+    for i, ((name, _), future) in enumerate(zip(files, futures)):
+        if progress:
+            progress(share * i / max(len(files), 1), f"Decoding {name}")
+        readings.append(future.result())
+    return readings
 
 
 def _lung_fields(segmenter, images: np.ndarray) -> list[LungFields | None]:
@@ -187,12 +220,7 @@ def read_batch(
     image) for all readable ones in batches. The OOD check runs last, so it can take the quality
     report into account (a small original is not called "not a chest X-ray" for its smoothness).
     """
-    files = list(files)
-    readings: list[Reading] = []
-    for i, (name, data) in enumerate(files):
-        if progress:
-            progress(0.3 * i / max(len(files), 1), f"Decoding {name}")
-        readings.append(decode_file(name, data))
+    readings = decode_files(list(files), progress)
     good = [r for r in readings if r.error is None]
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]

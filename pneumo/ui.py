@@ -9,28 +9,48 @@ import csv
 import html
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 
-from pneumo import config, wording
+from pneumo import config, site, wording
 from pneumo.reader import Reading, decide
 
 THRESHOLD_KEY = "threshold"
 _SLIDER_KEY = "threshold_slider"
+_SITE_KEY = "threshold_site"  # the site calibration the threshold was set under (None: bundled)
 DECISION_COLOURS = {"PNEUMONIA": "#c0392b", "NORMAL": "#2e7d5b"}
 
 
-@st.cache_resource(show_spinner="Loading the model (once per server)...")
 def explainer():
-    """The one model + CAM graph of this server process, traced and warmed up."""
-    from pneumo.explain import CamExplainer
-    from pneumo.model import load_model
+    """The server's one inference queue (:class:`pneumo.serving.InferenceQueue`): every session's
+    images go through one worker that owns the model and batches them together.
 
-    cam = CamExplainer(load_model())
-    cam.explain(np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE, 3), dtype="uint8"))
-    return cam
+    Created (and the model loaded and warmed up in the background) by the entry script's first
+    run, so the model is ready before the first upload. Cached per version of the model file:
+    a model replaced while the server runs is picked up on the next reading.
+    """
+    path = config.weights_path(config.MODEL_FILE)
+    try:
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = None
+    return _inference_queue(str(path), stamp)
+
+
+def _release_queue(queue) -> None:
+    queue.close()
+
+
+@st.cache_resource(show_spinner=False, max_entries=1, on_release=_release_queue)
+def _inference_queue(path: str, stamp: tuple[int, int] | None):
+    from pneumo.runtime import load_explainer
+    from pneumo.serving import InferenceQueue
+
+    return InferenceQueue(lambda: load_explainer(path))
 
 
 def segmenter():
@@ -130,10 +150,138 @@ def history() -> dict[str, list] | None:
     return columns
 
 
+# --- site calibration (pneumo.site) ---
+
+def _stamp(path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
+
+
+def site_status() -> site.SiteStatus:
+    """The site file in use (or why one is ignored); re-read when it or the model changes."""
+    path = site.site_file()
+    return _site_status(str(path), _stamp(path),
+                        _stamp(config.weights_path(config.MODEL_FILE)))
+
+
+@st.cache_data(show_spinner=False)
+def _site_status(path: str, stamp, model_stamp) -> site.SiteStatus:
+    from pathlib import Path
+
+    return site.load(Path(path).parent)
+
+
+def active_site() -> site.SiteCalibration | None:
+    """The site calibration every page uses, or None (the bundled calibration)."""
+    return site_status().calibration
+
+
+def site_banner() -> None:
+    """On every page: which calibration is in use, or why a site file is ignored."""
+    status = site_status()
+    if status.calibration is not None:
+        st.info(f"{status.calibration.banner}. Probabilities and the default threshold are this "
+                "site's.", icon=":material/location_on:")
+    elif status.message:
+        st.warning(status.message, icon=":material/warning:")
+
+
+def site_reading(reading: Reading) -> Reading:
+    """The reading with its probability site-calibrated when a site file is in use."""
+    return site.calibrate_reading(reading, active_site())
+
+
+def site_note(reading: Reading) -> str | None:
+    """"Calibrated for X; the model's own probability: 73 %." for a site-calibrated reading."""
+    cal = active_site()
+    if cal is None or reading.bundled_probability is None:
+        return None
+    return (f"Calibrated for {cal.site}; the model's own probability: "
+            f"{wording.probability_text(reading.bundled_probability)}.")
+
+
+def site_calibration_enabled() -> bool:
+    """The app's "Calibrate for this site" section: config switch, or the environment variable."""
+    value = os.environ.get(config.SITE_CALIBRATION_IN_APP_ENV, "").strip().lower()
+    return config.SITE_CALIBRATION_IN_APP or value in ("1", "true", "yes", "on")
+
+
+_CALIBRATION_DONE_KEY = "site_calibration_done"
+
+
+def site_calibration_section() -> None:
+    """Upload a zip of NORMAL/ and PNEUMONIA/, calibrate with the CLI's code, write site.json."""
+    st.subheader("Calibrate for this site")
+    st.caption(
+        "Upload a zip holding a labelled sample of this department's chest X-rays in two folders, "
+        "NORMAL/ and PNEUMONIA/ (PNG, JPEG or DICOM; a hundred or more images, the more the "
+        "better). pneumo scores them, refits its probability on them, proposes thresholds, and "
+        f"writes {site.site_file()} (numbers only: no image, no file name). The images are read "
+        "in memory and forgotten. Same as `python -m pneumo.calibrate` on the command line.")
+    done = st.session_state.pop(_CALIBRATION_DONE_KEY, None)
+    if done:
+        st.success("\n\n".join(done["lines"]), icon=":material/check_circle:")
+        _skipped_list(done["skipped"])
+    name = st.text_input("Site name", key="site_calibration_name", max_chars=100,
+                         placeholder="e.g. St Mary's paediatric radiology")
+    upload = st.file_uploader("Labelled sample (zip)", type=["zip"], key="site_calibration_zip")
+    if not st.button("Calibrate for this site", disabled=not (name.strip() and upload),
+                     icon=":material/tune:", key="site_calibration_run"):
+        return
+    cam = explainer()
+
+    def score(images: np.ndarray) -> np.ndarray:
+        return np.array([e.probability for e in cam.explain(images)])
+
+    with st.status("Calibrating...", expanded=False) as status:
+        bar = st.progress(0.0)
+        try:
+            items = site.zip_items(upload.getvalue())
+            calibration, report, path = site.calibrate(
+                items, name, score, site.model_fingerprint(),
+                progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text))
+        except site.SiteSampleError as err:
+            status.update(label="No site calibration written", state="error")
+            st.error(str(err), icon=":material/error:")
+            _skipped_list(err.report.skipped if err.report is not None else [])
+            return
+        status.update(label="Calibrated", state="complete")
+    st.session_state[_CALIBRATION_DONE_KEY] = {
+        "lines": site.summary_lines(calibration, report)
+        + [f"Written to {path}. The threshold is now the site's recommended one."],
+        "skipped": report.skipped}
+    st.session_state[THRESHOLD_KEY] = calibration.recommended
+    st.rerun()  # every page, the banner included, now uses it
+
+
+def _skipped_list(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        with st.expander(f"{len(skipped)} file(s) skipped as unreadable"):
+            st.table([{"File": name, "Why": why} for name, why in skipped])
+
+
 def thresholds() -> dict[str, float]:
-    """Named presets: 0.5, and the two chosen on validation when metrics.json exists."""
+    """Named presets: 0.5, and the two chosen on validation when metrics.json exists.
+
+    With a site calibration: the site's two first, then the training centre's two carried onto
+    the site's probability scale (the same decisions as before calibrating).
+    """
     presets = {"0.5 (default)": config.DEFAULT_THRESHOLD}
     metrics = json_file(config.METRICS_FILE)
+    cal = active_site()
+    if cal is not None:
+        presets[f"Site recommended ({cal.recommended:.3f})"] = cal.recommended
+        presets[f"Site high sensitivity ({cal.high_sensitivity:.3f})"] = cal.high_sensitivity
+        if metrics:
+            t = metrics["thresholds"]
+            for key, label in (("recommended", "Training centre recommended"),
+                               ("high_sensitivity", "Training centre high sensitivity")):
+                value = site.shown_threshold(cal.apply(round(t[key], 3)))
+                presets[f"{label} ({value:.3f})"] = value
+        return presets
     if metrics:
         t = metrics["thresholds"]
         presets[f"Recommended ({t['recommended']:.3f})"] = round(t["recommended"], 3)
@@ -142,8 +290,12 @@ def thresholds() -> dict[str, float]:
 
 
 def recommended_threshold() -> float:
+    """The default threshold: the site's recommended one with a site file, else the bundled one."""
     from pneumo.evaluate import recommended_threshold as from_metrics
 
+    cal = active_site()
+    if cal is not None:
+        return cal.recommended
     return from_metrics(json_file(config.METRICS_FILE))
 
 
@@ -166,6 +318,11 @@ def threshold_slider() -> float:
     The value lives in a plain session-state key (``THRESHOLD_KEY``) that survives page
     switches; the slider is re-seeded from it on every run and writes back when moved.
     """
+    cal = active_site()
+    key = None if cal is None else [cal.site, cal.created, cal.scale, cal.bias]
+    if st.session_state.get(_SITE_KEY, key) != key:  # the probability scale changed under us
+        st.session_state[THRESHOLD_KEY] = recommended_threshold()
+    st.session_state[_SITE_KEY] = key
     st.session_state.setdefault(THRESHOLD_KEY, recommended_threshold())
     st.session_state[_SLIDER_KEY] = st.session_state[THRESHOLD_KEY]
     st.sidebar.slider(
@@ -178,11 +335,52 @@ def threshold_slider() -> float:
 
 
 def evidence_line(probability: float) -> str:
-    """The test-set evidence for ``probability`` ("" without ``test_predictions.csv``)."""
+    """The test-set evidence for ``probability`` ("" without ``test_predictions.csv``); with a
+    site calibration, the site sample's (its probabilities are on the same scale)."""
+    cal = active_site()
+    if cal is not None:
+        labels, probs = cal.sample()
+        return wording.evidence_line(probability, probs, labels, source="site-sample")
     test = predictions("test")
     if test is None:
         return ""
     return wording.evidence_line(probability, test["probability"], test["label"])
+
+
+EVIDENCE_TEST = "Official test set (624 images)"
+EVIDENCE_VAL = "Validation split"
+
+
+def evidence_options() -> list[str]:
+    """The explorer's evidence views: test, validation, and this site's sample when there is one."""
+    cal = active_site()
+    site_view = [] if cal is None else [f"This site: {cal.site} ({cal.n_images:,} images)"]
+    return [EVIDENCE_TEST, EVIDENCE_VAL, *site_view]
+
+
+def evidence(option: str) -> dict | None:
+    """label, probability, subtype (None: unknown) and a note for an evidence view; None when
+    its predictions are missing. With a site calibration every view's probabilities are on the
+    site's scale, so the shared threshold means the same as on the Read page."""
+    cal = active_site()
+    if option not in (EVIDENCE_TEST, EVIDENCE_VAL):
+        if cal is None:
+            return None
+        labels, probs = cal.sample()
+        return {"label": labels, "probability": probs, "subtype": None,
+                "note": f"{cal.site}'s own sample: {cal.n_images:,} images "
+                        f"({int(labels.sum()):,} with pneumonia), calibrated on themselves, so "
+                        "these figures are in-sample: expect new images to do a little worse. "
+                        f"{cal.banner}."}
+    data = predictions("test" if option == EVIDENCE_TEST else "val")
+    if data is None:
+        return None
+    if cal is None:
+        return {**data, "note": None}
+    return {**data, "probability": cal.apply(data["probability"]),
+            "note": f"Probabilities after {cal.site}'s calibration, so the threshold means the "
+                    "same here as on the Read page; decisions are the model's own at the "
+                    "corresponding threshold."}
 
 
 @dataclass

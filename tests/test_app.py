@@ -98,6 +98,26 @@ def test_upload_shows_probability_overlay_and_errors():
     assert list(table["probability"][:2]) == shown  # the worklist says it the same way
 
 
+def test_one_inference_queue_per_server_loaded_as_it_starts():
+    """The entry script starts the server's one queue (the model loads in the background); every
+    session's reading goes through that same queue, in batches, with the serving runtime."""
+    from pneumo import ui
+    from pneumo.serving import InferenceQueue
+
+    at = _app()
+    queue = ui.explainer()
+    assert isinstance(queue, InferenceQueue) and queue is ui.explainer()
+    assert queue.wait_ready(300) and queue.load_error is None
+    assert queue.runtime in ("openvino", "keras")
+    before = sum(queue.batches)
+    at.file_uploader[0].set_value([(f"q{i}.png", png_bytes(synthetic_xray(280, 40 + i)),
+                                    "image/png") for i in range(3)]).run()
+    assert not at.exception, at.exception
+    assert len(_shown_texts(at)) == 3
+    assert sum(queue.batches) - before == 3  # this session's images went through the queue
+    assert _app() is not None and ui.explainer() is queue  # a second session: the same queue
+
+
 def test_threshold_moves_the_decision():
     at = _app()
     data = png_bytes(synthetic_xray(300, 3))

@@ -110,8 +110,86 @@ def test_fast_cams_equal_tf_keras_vis(classifier):
         ours = np.stack([e.cams[method] for e in explanations])
         reference = library_cams(classifier, x, method)
         assert ours.shape == reference.shape == (3, 7, 7)
-        np.testing.assert_allclose(ours, reference, atol=1e-4)
+        np.testing.assert_allclose(ours, reference, atol=1e-5)
         assert ours.min() >= 0 and ours.max() <= 1
+
+
+def _real_xrays(shared_data, n: int = 12) -> np.ndarray:
+    from pneumo.images import load_image
+
+    files = sorted((shared_data / "test").glob("*/*.jpeg"))[:: max(1, 624 // n)][:n]
+    return np.stack([load_image(f.read_bytes()) for f in files]).astype("float32")
+
+
+def test_forward_pass_cams_equal_tf_keras_vis_on_real_xrays(shared_data, bundled_model_dir):
+    """The bundled model on real test X-rays: probability, both maps (1e-5 of tf-keras-vis)
+    and the pooled features, all from the one forward pass."""
+    import keras
+
+    from pneumo.explain import METHODS, CamExplainer, library_cams
+    from pneumo.model import load_model
+
+    model = load_model(bundled_model_dir / config.MODEL_FILE)
+    x = _real_xrays(shared_data)
+    explanations = CamExplainer(model).explain(x, batch_size=5)
+    np.testing.assert_allclose([e.probability for e in explanations],
+                               model.predict(x, verbose=0).ravel(), atol=1e-5)
+    for method in METHODS:
+        ours = np.stack([e.cams[method] for e in explanations])
+        np.testing.assert_allclose(ours, library_cams(model, x, method), atol=1e-5)
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output).predict(x, verbose=0)
+    np.testing.assert_allclose(np.stack([e.features for e in explanations]), pooled, atol=1e-5)
+
+
+def test_closed_form_cams_equal_the_gradient_formulas():
+    """With a gradient that is the same at every position, the per-channel closed forms give
+    what the general Grad-CAM / Grad-CAM++ formulas give (zero, negative and positive weights,
+    and a negative calibration scale)."""
+    from pneumo.explain import (
+        Head,
+        gradcam_from_features,
+        gradcam_from_gradients,
+        gradcam_plus_plus_from_features,
+        gradcam_plus_plus_from_gradients,
+    )
+
+    rng = np.random.default_rng(3)
+    features = np.maximum(rng.normal(0.5, 1.0, (4, 7, 7, 64)), 0).astype("float32")
+    kernel = rng.normal(0, 0.1, 64).astype("float32")
+    kernel[:5] = 0.0
+    for scale, bias in ((1.3, -0.2), (-0.7, 0.4)):
+        head = Head(kernel, scale, bias)
+        gradient = head.gradient(7, 7)
+        np.testing.assert_allclose(gradient, kernel * scale / 49, rtol=1e-6)
+        grads = np.broadcast_to(gradient, features.shape).astype("float32")
+        scores = head.scores(rng.normal(0, 2, 4))
+        np.testing.assert_allclose(gradcam_from_features(features, gradient),
+                                   gradcam_from_gradients(features, grads), atol=1e-6)
+        np.testing.assert_allclose(gradcam_plus_plus_from_features(features, gradient, scores),
+                                   gradcam_plus_plus_from_gradients(features, grads, scores),
+                                   atol=1e-6)
+
+
+def test_normalisation_epsilon_is_keras():
+    import keras
+
+    from pneumo.explain import _EPS
+
+    assert _EPS == keras.backend.epsilon()
+
+
+def test_head_refuses_a_model_the_closed_form_does_not_fit():
+    import keras
+
+    from pneumo.explain import Head
+
+    inputs = keras.Input((7, 7, 4))
+    x = keras.layers.Activation("relu6", name=config.CAM_LAYER)(inputs)
+    x = keras.layers.GlobalMaxPooling2D(name="avg_pool")(x)
+    x = keras.layers.Dense(1, name=config.LOGIT_LAYER)(x)
+    x = keras.layers.Dense(1, activation="sigmoid", name=config.CALIBRATION_LAYER)(x)
+    with pytest.raises(ValueError, match="global average pool"):
+        Head.of(keras.Model(inputs, x))
 
 
 def test_overlay_keeps_image_size_and_opacity_zero_is_identity():
