@@ -36,7 +36,7 @@ if metrics:
                 for k, label in names.items()}}]
     for ref in config.PUBLISHED_REFERENCE:
         rows.append({"Model": ref["source"], **{
-            label: "-" if ref.get(k) is None else f"{ref[k]:.3f}" for k, label in names.items()}})
+            label: "n/a" if ref.get(k) is None else f"{ref[k]:.3f}" for k, label in names.items()}})
     st.table(rows)
     st.caption(f"pneumo at its recommended threshold {metrics['thresholds']['recommended']:.3f} "
                "(chosen on validation); 95 % bootstrap intervals in brackets. Expected "
