@@ -31,7 +31,8 @@ from pneumo.images import SUPPORTED_EXTENSIONS
 from pneumo.reader import Reading, decide
 
 COLUMNS = ("file", "probability_pneumonia", "decision", "threshold", "gradcam_in_lungs",
-           "ood_warning", "lung_warning", "error", "notes", "cam_file", "quality", "corrected")
+           "ood_warning", "lung_warning", "error", "notes", "cam_file", "quality", "corrected",
+           "calibration", "bundled_probability")
 NOT_READ = "NOT READ"
 CAM_SUFFIX = ".gradcam.png"
 
@@ -99,8 +100,11 @@ def write_overlay(path: Path, reading: Reading, method: str) -> None:
     Image.fromarray(overlay(reading.display, reading.cams[method])).save(path, format="PNG")
 
 
-def csv_row(reading: Reading, threshold: float, cam_file: str = "") -> dict[str, str]:
-    """One CSV row; numbers as text with fixed precision, empty cells for what doesn't apply."""
+def csv_row(reading: Reading, threshold: float, cam_file: str = "",
+            calibration: str = "") -> dict[str, str]:
+    """One CSV row; numbers as text with fixed precision, empty cells for what doesn't apply.
+
+    ``calibration`` names the site calibration the probability went through (empty: bundled)."""
     from pneumo.explain import METHODS
 
     share = reading.lung_share.get(METHODS[0])
@@ -117,6 +121,9 @@ def csv_row(reading: Reading, threshold: float, cam_file: str = "") -> dict[str,
         "cam_file": cam_file,
         "quality": "; ".join(quality_codes(reading)),
         "corrected": "; ".join(reading.corrected_from),
+        "calibration": calibration if reading.bundled_probability is not None else "",
+        "bundled_probability": "" if reading.bundled_probability is None
+        else f"{reading.bundled_probability:.6f}",
     }
 
 
@@ -220,7 +227,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"No supported images ({', '.join(SUPPORTED_EXTENSIONS)}) under {args.folder}.",
               file=sys.stderr)
         return 1
-    threshold = args.threshold if args.threshold is not None else default_threshold()
+    from pneumo import site
+
+    status = site.load()
+    if status.message:
+        print(f"note: {status.message}", file=sys.stderr)
+    calibration = status.calibration
+    if args.threshold is not None:
+        threshold = args.threshold
+    elif calibration is not None:  # the site's own operating point, on its probability scale
+        threshold = site.shown_threshold(calibration.recommended)
+    else:
+        threshold = default_threshold()
+    calibration_name = "" if calibration is None else f"{calibration.site} ({calibration.created})"
+    if calibration is not None:
+        print(f"note: {calibration.banner}; probabilities and the default threshold are the "
+              "site's.", file=sys.stderr)
 
     from tqdm import tqdm
 
@@ -267,13 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     batch_size=args.batch_size))
             readings.update(failed)
             for name in names:
-                reading = readings[name]
+                reading = site.calibrate_reading(readings[name], calibration)
                 cam_file = ""
                 if args.cams is not None and reading.ok:
                     target = cam_path(args.cams, name)
                     write_overlay(target, reading, METHODS[0])
                     cam_file = target.as_posix()
-                rows.append(csv_row(reading, threshold, cam_file))
+                rows.append(csv_row(reading, threshold, cam_file, calibration_name))
                 writer.writerow(rows[-1])
             f.flush()
             bar.update(len(chunk))

@@ -230,7 +230,7 @@ def test_csv_keeps_its_columns_and_adds_quality_and_corrected(quality_runs):
     assert predict.COLUMNS[:10] == ("file", "probability_pneumonia", "decision", "threshold",
                                     "gradcam_in_lungs", "ood_warning", "lung_warning", "error",
                                     "notes", "cam_file")
-    assert predict.COLUMNS[10:] == ("quality", "corrected")
+    assert predict.COLUMNS[10:] == ("quality", "corrected", "calibration", "bundled_probability")
 
 
 def test_quality_column_and_auto_correct(quality_runs):
@@ -288,3 +288,33 @@ def test_load_quality_checker_absent_or_broken_says_so(monkeypatch, tmp_path, ca
     # without its network the checker still checks the resolution
     reports = checker.check(np.zeros((1, 224, 224, 3), np.uint8), [(100, 100)])
     assert reports[0].low_resolution
+
+
+def test_a_site_calibration_is_applied_and_named(tmp_path, bundled_model_dir, monkeypatch):
+    """With a site file for this model, the CSV carries the site's probabilities and threshold,
+    names the calibration, and keeps the model's own probability beside it."""
+    from pneumo import site
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(40), np.ones(60)].astype(int)
+    bundled = np.clip(np.where(labels == 1, rng.uniform(0.5, 1.0, 100), rng.uniform(0.0, 0.7, 100)),
+                      0.001, 0.999)
+    cal = site.build("Test site", labels, bundled, site.model_fingerprint(), created="2026-11-26")
+    site.save(cal, Path(site.site_dir()))
+    folder = _image_folder(tmp_path / "xrays")
+    out = tmp_path / "site.csv"
+    monkeypatch.setattr(predict, "load_segmenter", lambda: None)
+    assert predict.main([str(folder), "--out", str(out), "--batch-size", "2"]) == 0
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["probability_pneumonia"]]
+    assert len(rows) == len(GOOD)
+    for row in rows:
+        assert row["calibration"] == "Test site (2026-11-26)"
+        expected = float(cal.apply(float(row["bundled_probability"])))
+        assert float(row["probability_pneumonia"]) == pytest.approx(expected, abs=2e-6)
+        assert float(row["threshold"]) == site.shown_threshold(cal.recommended)
+
+
+def test_without_a_site_file_the_calibration_columns_are_empty(cli_run):
+    _, _, rows, _ = cli_run
+    assert all(r["calibration"] == "" and r["bundled_probability"] == "" for r in rows.values())
