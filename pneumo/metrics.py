@@ -33,27 +33,34 @@ def roc_auc(labels, scores) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def fit_platt(logits, labels, iterations: int = 100) -> tuple[float, float]:
+def fit_platt(logits, labels, iterations: int = 100, precision: tuple[float, float] = (0.0, 0.0),
+              mean: tuple[float, float] = (1.0, 0.0)) -> tuple[float, float]:
     """Fit ``p = sigmoid(a * logit + b)`` by Newton's method with backtracking on the log-loss.
 
     Uses Platt's smoothed targets, so a (nearly) separable validation set still gives finite
-    parameters; the line search keeps each step from increasing the loss.
+    parameters; the line search keeps each step from increasing the loss. ``precision`` adds a
+    Gaussian prior ``precision_a/2 (a - mean_a)^2 + precision_b/2 (b - mean_b)^2`` (a MAP
+    estimate, used by site calibration); at 0 it is the plain maximum-likelihood fit.
     """
     y, z = _arrays(labels, logits)
+    la, lb = (float(v) for v in precision)
+    ma, mb = (float(v) for v in mean)
     n_pos, n_neg = y.sum(), len(y) - y.sum()
     t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
     def loss(a: float, b: float) -> float:
         s = a * z + b  # log(1 + e^s) - t*s, computed stably
-        return float(np.sum(np.logaddexp(0.0, s) - t * s))
+        return float(np.sum(np.logaddexp(0.0, s) - t * s)
+                     + 0.5 * la * (a - ma) ** 2 + 0.5 * lb * (b - mb) ** 2)
 
     a, b = 1.0, 0.0
     current = loss(a, b)
     for _ in range(iterations):
         p = 0.5 * (1.0 + np.tanh(0.5 * (a * z + b)))  # sigmoid without overflow
         w = np.maximum(p * (1 - p), 1e-12)
-        grad = np.array([np.sum((p - t) * z), np.sum(p - t)])
-        hess = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
+        grad = np.array([np.sum((p - t) * z) + la * (a - ma), np.sum(p - t) + lb * (b - mb)])
+        hess = np.array([[np.sum(w * z * z) + la, np.sum(w * z)],
+                         [np.sum(w * z), np.sum(w) + lb]])
         step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
         scale = 1.0
         while scale > 1e-10:
@@ -187,7 +194,10 @@ def expected_calibration_error(labels, scores, bins: int = 10) -> float:
 
 def bootstrap_interval(labels, scores, statistic, samples: int = 2000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(labels, scores)``, resampling images."""
+    """Percentile bootstrap interval of ``statistic(labels, scores)``, resampling images.
+
+    (nan, nan) when the statistic is never defined on a resample (e.g. PPV with nothing called
+    positive), instead of failing."""
     y, p = _arrays(labels, scores)
     rng = np.random.default_rng(seed)
     values = []
@@ -196,6 +206,8 @@ def bootstrap_interval(labels, scores, statistic, samples: int = 2000, seed: int
         v = statistic(y[idx], p[idx])
         if np.isfinite(v):
             values.append(v)
+    if not values:
+        return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 

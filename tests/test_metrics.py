@@ -118,3 +118,8 @@ def test_platt_stays_finite_and_monotone_on_separable_data():
     p = 1 / (1 + np.exp(-(a * z + b)))
     assert np.all(np.diff(p) >= 0)
     assert 0.0 < p.min() and p.max() < 1.0  # no hard 0/1: ranking survives calibration
+
+
+def test_bootstrap_of_a_statistic_never_defined_gives_nan_not_a_crash():
+    lo, hi = m.bootstrap_interval([0, 1, 1], [0.1, 0.2, 0.3], lambda y, p: float("nan"), samples=20)
+    assert np.isnan(lo) and np.isnan(hi)
