@@ -227,15 +227,7 @@ def read_batch(
         if progress:
             progress(0.3 + 0.7 * start / max(len(good), 1),
                      f"Reading images {start + 1}-{start + len(chunk)} of {len(good)}")
-        images = np.stack([r.model_input for r in chunk])
-        explanations = explainer.explain(images)
-        for reading, explanation in zip(chunk, explanations):
-            reading.probability = explanation.probability
-            reading.cams = explanation.cams
-            reading.features = explanation.features
-        if segmenter is not None:
-            for reading, fields in zip(chunk, _lung_fields(segmenter, images)):
-                add_lung_fields(reading, fields)
+        images = _explain_chunk(chunk, explainer, segmenter)
         if quality_checker is not None:
             for reading, report in zip(chunk, _quality_reports(quality_checker, chunk, images)):
                 reading.quality = report
@@ -245,6 +237,20 @@ def read_batch(
     if progress:
         progress(1.0, f"Read {len(good)} of {len(readings)} files")
     return readings
+
+
+def _explain_chunk(chunk: list[Reading], explainer, segmenter=None) -> np.ndarray:
+    """Probability, CAMs and pooled features (and lung fields) for a chunk of decoded readings,
+    in one batched pass each; returns the stacked model inputs."""
+    images = np.stack([r.model_input for r in chunk])
+    for reading, explanation in zip(chunk, explainer.explain(images)):
+        reading.probability = explanation.probability
+        reading.cams = explanation.cams
+        reading.features = explanation.features
+    if segmenter is not None:
+        for reading, fields in zip(chunk, _lung_fields(segmenter, images)):
+            add_lung_fields(reading, fields)
+    return images
 
 
 def corrected_display(display: np.ndarray, codes: Iterable[str]) -> np.ndarray:
@@ -286,15 +292,7 @@ def read_corrected(
             corrected_from=codes,
         ))
     for start in range(0, len(out), batch_size):
-        chunk = out[start:start + batch_size]
-        images = np.stack([r.model_input for r in chunk])
-        for reading, explanation in zip(chunk, explainer.explain(images)):
-            reading.probability = explanation.probability
-            reading.cams = explanation.cams
-            reading.features = explanation.features
-        if segmenter is not None:
-            for reading, fields in zip(chunk, _lung_fields(segmenter, images)):
-                add_lung_fields(reading, fields)
+        _explain_chunk(out[start:start + batch_size], explainer, segmenter)
     if ood_check is not None:
         for reading in out:
             reading.ood_warning = ood_check(reading)

@@ -87,50 +87,13 @@ def prior_precision(strength: float = config.SITE_PRIOR_STRENGTH,
 def fit_platt_prior(logits, labels, precision: tuple[float, float] = (0.0, 0.0),
                     mean: tuple[float, float] = (1.0, 0.0),
                     iterations: int = 100) -> tuple[float, float]:
-    """Fit ``p = sigmoid(a * z + b)`` by penalised maximum likelihood (a MAP estimate):
-
-    minimise  sum_i [log(1 + e^s_i) - t_i s_i] + precision_a/2 (a - mean_a)^2
-              + precision_b/2 (b - mean_b)^2,   s_i = a z_i + b,
-
-    with Platt's smoothed targets t_i, as :func:`pneumo.metrics.fit_platt` (which this equals at
-    precision 0), by Newton's method with a backtracking line search.
-    """
+    """Platt fit of ``p = sigmoid(a * z + b)`` with a Gaussian prior on (a, b) around ``mean``
+    (a MAP estimate): :func:`pneumo.metrics.fit_platt`, which this equals at precision 0."""
     y = np.asarray(labels, dtype="int64").ravel()
     z = np.asarray(logits, dtype="float64").ravel()
     if y.shape != z.shape:
         raise ValueError("labels and logits differ in length")
-    la, lb = (float(v) for v in precision)
-    ma, mb = (float(v) for v in mean)
-    n_pos, n_neg = y.sum(), len(y) - y.sum()
-    t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
-
-    def loss(a: float, b: float) -> float:
-        s = a * z + b
-        return float(np.sum(np.logaddexp(0.0, s) - t * s)
-                     + 0.5 * la * (a - ma) ** 2 + 0.5 * lb * (b - mb) ** 2)
-
-    a, b = 1.0, 0.0
-    current = loss(a, b)
-    for _ in range(iterations):
-        p = sigmoid(a * z + b)
-        w = np.maximum(p * (1 - p), 1e-12)
-        grad = np.array([np.sum((p - t) * z) + la * (a - ma), np.sum(p - t) + lb * (b - mb)])
-        hess = np.array([[np.sum(w * z * z) + la, np.sum(w * z)],
-                         [np.sum(w * z), np.sum(w) + lb]])
-        step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
-        scale = 1.0
-        while scale > 1e-10:
-            candidate = loss(a - scale * step[0], b - scale * step[1])
-            if candidate <= current:
-                break
-            scale /= 2
-        else:
-            break
-        a, b = a - scale * step[0], b - scale * step[1]
-        improvement, current = current - candidate, candidate
-        if improvement < 1e-12 * max(1.0, abs(current)):
-            break
-    return float(a), float(b)
+    return m.fit_platt(z, y, iterations, precision=precision, mean=mean)
 
 
 def fit_site(labels, bundled_probabilities, strength: float = config.SITE_PRIOR_STRENGTH,

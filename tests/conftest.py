@@ -85,3 +85,13 @@ def _no_site_calibration(tmp_path_factory, monkeypatch):
     """No test sees a site calibration file of this machine: the site folder is an empty
     temporary one, unless a test points ``PNEUMO_SITE_DIR`` elsewhere."""
     monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "no-site"))
+
+
+def run_app():
+    """The whole app in Streamlit's AppTest, run once, without an exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    return at

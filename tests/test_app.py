@@ -6,26 +6,20 @@ import re
 
 import numpy as np
 import pytest
-from conftest import ROOT, png_bytes, synthetic_xray
+from conftest import ROOT, png_bytes, run_app, synthetic_xray
 
 from pneumo import config
 from pneumo import metrics as m
 
 pytestmark = pytest.mark.usefixtures("bundled_model_dir")
 
-APP = str(ROOT / "streamlit_app.py")
 READ_PAGE = "pages/read_xrays.py"
 EXPLORER_PAGE = "pages/threshold_explorer.py"
 CARD_PAGE = "pages/model_card.py"
 
 
 def _app():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_app()
 
 
 def _set_threshold(at, value: float) -> None:

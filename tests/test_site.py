@@ -14,7 +14,7 @@ from pathlib import Path
 import imagegen
 import numpy as np
 import pytest
-from conftest import ROOT, jpeg_bytes, png_bytes, synthetic_xray
+from conftest import ROOT, jpeg_bytes, png_bytes, run_app, synthetic_xray
 
 from pneumo import config, site
 from pneumo import metrics as m
@@ -295,18 +295,12 @@ def test_cli_without_the_class_folders_or_with_too_few_images_writes_nothing(tmp
 
 # --- the app ----------------------------------------------------------------------------------
 
-APP = str(ROOT / "streamlit_app.py")
 EXPLORER_PAGE = "pages/threshold_explorer.py"
 CARD_PAGE = "pages/model_card.py"
 
 
 def _app():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_app()
 
 
 @pytest.fixture
