@@ -67,6 +67,12 @@ BOOTSTRAP_SAMPLES = 2000
 RECOMMENDED_SENSITIVITY_TARGET = 0.95
 HIGH_SENSITIVITY_TARGET = 0.98
 CALIBRATION_BINS = 10
+# Platt calibration is fitted on the validation images each seen as the original plus this many
+# copies drawn from the training augmentation (pneumo.augment): the app reads originals, crops and
+# re-encodings, not the q75 training copies. Adopted for run 1 after its test ECE (0.106, Platt on
+# the originals only) had been seen; the rule for keeping it was written down before its test figures
+# (README, "What was tried"). 0: Platt on the original validation images only.
+CALIBRATION_AUGMENTED_VIEWS = 4
 DEFAULT_THRESHOLD = 0.5
 
 # Input safety.

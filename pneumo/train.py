@@ -12,7 +12,8 @@
    lungs (``--lung-penalty``). The checkpoint is chosen by validation log loss (validation
    AUC is saturated on this data), and the average of the last epochs' weights is kept instead
    when its validation loss is lower. Every epoch is checkpointed; ``--resume`` continues.
-5. Platt calibration is fitted on validation logits and stored in the model's last layer.
+5. Platt calibration is fitted on validation logits (originals + training-augmented copies)
+   and stored in the model's last layer.
 
 Writes ``pneumo.keras``, ``history.csv`` and ``training.json`` to ``--out``.
 """
@@ -375,9 +376,7 @@ def train(args: argparse.Namespace) -> dict:
     choice["chosen"] = "averaged" if best is not None and "averaged_val_loss" in choice and \
         choice["averaged_val_loss"] < (choice["best_epoch_val_loss"] or np.inf) else "best_epoch"
     model = best
-    val_logits = logit_model(model).predict(x_val, batch_size=64, verbose=0).ravel()
-    scale, bias = fit_platt(val_logits, y_val)
-    set_calibration(model, scale, bias)
+    calibration = fit_calibration(model, x_val, m_val, y_val)
     model.save(out / config.MODEL_FILE)
     final = ValidationScorer(model, x_val, m_val, y_val)()
 
@@ -405,7 +404,7 @@ def train(args: argparse.Namespace) -> dict:
         "best_val_auc": state.get("best_val_auc"),
         "final_val": final,
         "finetune_epochs_run": state.get("epochs_done"),
-        "calibration": {"method": "platt", "scale": scale, "bias": bias},
+        "calibration": calibration,
         "duration_minutes": round(
             (state.get("elapsed_before", 0.0) + time.time() - started) / 60, 1),
         "versions": versions(),
@@ -416,6 +415,48 @@ def train(args: argparse.Namespace) -> dict:
     print(json.dumps({k: report[k] for k in ("checkpoint", "final_val", "head_only_val_auc",
                                              "duration_minutes")}))
     return report
+
+
+def fit_calibration(model: keras.Model, x_val: np.ndarray, m_val: np.ndarray, y_val: np.ndarray,
+                    views: int = config.CALIBRATION_AUGMENTED_VIEWS) -> dict:
+    """Fit Platt on the validation logits (originals + ``views`` augmented copies) and store it.
+
+    Returns the training record's ``calibration`` entry.
+    """
+    logits = logit_model(model)
+    z = [logits.predict(x_val, batch_size=64, verbose=0).ravel()]
+    tf.random.set_seed(config.SEED)
+    for _ in range(views):
+        copies = tf.data.Dataset.from_tensor_slices((x_val, m_val[..., None])) \
+            .map(augment_example).map(lambda image, mask: image).batch(64)
+        z.append(logits.predict(copies, verbose=0).ravel())
+    y = np.concatenate([y_val] * len(z))
+    scale, bias = fit_platt(np.concatenate(z), y)
+    set_calibration(model, scale, bias)
+    p_original = 1.0 / (1.0 + np.exp(-(scale * z[0] + bias)))
+    return {"method": "platt", "scale": scale, "bias": bias, "augmented_views": views,
+            "fitted_on": f"{len(y_val)} validation images x {len(z)} (original + {views} "
+                         "training-augmented copies)",
+            "val_log_loss_original_images": log_loss(y_val, p_original)}
+
+
+def recalibrate(args: argparse.Namespace) -> dict:
+    """Refit only the calibration of the trained model in ``args.out`` (no training)."""
+    splits = load_splits(args.data)
+    if args.limit:
+        splits = {k: _limit(v, args.limit) for k, v in splits.items()}
+    a = cached_arrays(args.out, splits, args.lungs)
+    path = args.out / config.MODEL_FILE
+    model = keras.saving.load_model(path, compile=False)
+    calibration = fit_calibration(model, a["x_val"], a["m_val"], a["y_val"])
+    model.save(path)
+    record_path = args.out / config.TRAINING_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    calibration["previous"] = record.get("calibration")
+    record["calibration"] = calibration
+    record_path.write_text(json.dumps(record, indent=2))
+    print(json.dumps(calibration))
+    return calibration
 
 
 def versions() -> dict[str, str]:
@@ -459,13 +500,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="average the weights of this many last epochs if validation prefers it")
     p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this many minutes")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.keras")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="only refit the calibration of the model in --out (no training)")
     p.add_argument("--limit", type=int, help="at most N images per class and split (smoke runs)")
     p.add_argument("--verbose", type=int, default=1, help="Keras verbosity: 1 progress bar, 2 lines")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    args = parse_args(argv)
+    recalibrate(args) if args.recalibrate else train(args)
 
 
 if __name__ == "__main__":
