@@ -24,8 +24,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
 
 from pneumo import config  # noqa: E402
 from pneumo.robustness import TRANSFORMS, probabilities, summarize  # noqa: E402
@@ -56,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder with pneumo.keras and metrics.json")
     args = parser.parse_args(argv)
 
+    from pneumo.artifacts import recommended_threshold
     from pneumo.data import load_splits
-    from pneumo.evaluate import recommended_threshold
     from pneumo.model import Predictor, load_model
 
     samples = load_splits(args.data)[args.split]
@@ -71,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     predictor = Predictor(load_model(model_path))
     if sha256(model_path) != fingerprint:
         sys.exit(f"{model_path} changed while it was being loaded; run again")
-    metrics_path = args.weights / config.METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    threshold = recommended_threshold(metrics)
+    threshold = recommended_threshold(args.weights)
 
     files = [s.path.read_bytes() for s in samples]
     start = time.perf_counter()

@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from pneumo import config, site  # noqa: E402
 from pneumo import metrics as m  # noqa: E402
+from pneumo.artifacts import recommended_threshold, round_threshold  # noqa: E402
 from pneumo.data import patient_id  # noqa: E402
-from pneumo.evaluate import recommended_threshold  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "site_calibration_results.json"
 SIZES = (25, 50, 100, 200)
@@ -223,8 +222,7 @@ def targets(summary: dict, runs: list[dict[str, float]]) -> dict:
 def run(predictions: Path, metrics_path: Path, sizes=SIZES, draws: int = DRAWS, seed: int = SEED,
         samples: int = config.BOOTSTRAP_SAMPLES) -> dict:
     data = load(predictions)
-    metrics = json.loads(Path(metrics_path).read_text()) if Path(metrics_path).exists() else None
-    bundled_threshold = recommended_threshold(metrics)
+    bundled_threshold = recommended_threshold(Path(metrics_path).parent)
     folds = patient_folds(data["patient"], data["label"], seed)
     model = config.weights_path(config.MODEL_FILE)
     out = {
@@ -286,7 +284,7 @@ def table(results: dict) -> str:
                  f"95th percentile {floor['p95']:.3f})")
     for k, h in enumerate(results["crossfit_half"]["halves"]):
         lines.append(f"  half {k}: a={h['scale']:.3f} b={h['bias']:+.3f} site threshold "
-                     f"{site.shown_threshold(h['thresholds']['recommended']):.3f}")
+                     f"{round_threshold(h['thresholds']['recommended']):.3f}")
     lines += ["", "Site sample drawn from the calibration half, evaluated on the other half "
                   f"({results['settings']['draws']} draws x 2 directions; mean +- sd [5-95 %]):",
               f"{'images':>6} {'fit':<12}{'ECE':>26}{'accuracy':>26}{'sensitivity':>26}"

@@ -23,24 +23,24 @@ st.markdown(
     "- Images that do not look like chest X-rays are flagged, and their probability greyed out."
 )
 
-training = ui.json_file(config.TRAINING_FILE)
-metrics = ui.json_file(config.METRICS_FILE)
+training = ui.training()
+metrics = ui.metrics()
 
 st.subheader("Test-set performance (official split, 624 images)")
 if metrics:
-    t = metrics["test"]["at_recommended"]
+    t = metrics.test_at_recommended
     names = {"auc": "AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity",
              "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1"}
     rows = [{"Model": "pneumo (this model)",
-             **{label: f"{t[k]['value']:.3f} [{t[k]['ci95'][0]:.3f}, {t[k]['ci95'][1]:.3f}]"
+             **{label: f"{t[k].value:.3f} [{t[k].ci95[0]:.3f}, {t[k].ci95[1]:.3f}]"
                 for k, label in names.items()}}]
     for ref in config.PUBLISHED_REFERENCE:
         rows.append({"Model": ref["source"], **{
             label: "n/a" if ref.get(k) is None else f"{ref[k]:.3f}" for k, label in names.items()}})
     st.table(rows)
-    st.caption(f"pneumo at its recommended threshold {metrics['thresholds']['recommended']:.3f} "
+    st.caption(f"pneumo at its recommended threshold {metrics.thresholds.recommended_shown:.3f} "
                "(chosen on validation); 95 % bootstrap intervals in brackets. Expected "
-               f"calibration error on test: {metrics['test']['ece']:.3f}.")
+               f"calibration error on test: {metrics.test_ece:.3f}.")
 else:
     st.warning("weights/metrics.json is missing: run `python -m pneumo.evaluate --data PATH`.")
 
@@ -51,7 +51,7 @@ for column, split in zip(columns, ("val", "test")):
     predictions = ui.predictions(split)
     if predictions is not None:
         column.plotly_chart(charts.reliability_diagram(
-            predictions["label"], predictions["probability"], config.CALIBRATION_BINS,
+            predictions.label, predictions.probability, config.CALIBRATION_BINS,
             split="validation" if split == "val" else "official test"), width="stretch")
 if local:
     columns[2].plotly_chart(charts.reliability_diagram(
@@ -62,7 +62,7 @@ if ui.site_calibration_enabled():
     ui.site_calibration_section()
 
 st.subheader("Do the heat maps sit on the lungs?")
-heatmaps = (metrics or {}).get("heatmaps", {})
+heatmaps = metrics.heatmaps if metrics else {}
 if heatmaps:
     sources = {"ground_truth_masks": "drawn lung masks of the test images",
                "segmenter_masks": "masks from pneumo's lung-field segmenter"}
@@ -91,34 +91,32 @@ if hist:
     if hist.get("val_outside") and any(v is not None for v in hist["val_outside"]):
         left.plotly_chart(charts.training_curves(hist, "outside"), width="stretch")
 if training:
-    right.plotly_chart(charts.class_balance(training["splits"]), width="stretch")
+    right.plotly_chart(charts.class_balance(training.splits), width="stretch")
 if training:
     model_file = config.weights_path(config.MODEL_FILE)
     size_mb = model_file.stat().st_size / 1e6 if model_file.exists() else float("nan")
     st.markdown(
-        f"- **Architecture**: {training['model']}; input 224x224 RGB, whole image stretched.\n"
+        f"- **Architecture**: {training.model}; input 224x224 RGB, whole image stretched.\n"
         f"- **Split**: validation carved from official train by patient "
-        f"({training['patients']['val']} patients), none shared with training; the official "
+        f"({training.patients['val']} patients), none shared with training; the official "
         "16-image val split is not used.\n"
         f"- **Frozen-feature baseline** (head only) validation AUC "
-        f"{training['head_only_val_auc']:.4f}; fine-tuned: best validation log loss "
-        f"{training.get('best_val_loss') or float('nan'):.4f} (AUC {training['best_val_auc']:.4f}) "
-        f"at epoch {training['best_epoch']}; kept: "
-        f"{training.get('checkpoint', {}).get('chosen', 'best epoch').replace('_', ' ')}.\n"
-        f"- **Training against shortcuts**: {training['config'].get('augmentation', 'mild augmentation')}; "
-        f"penalty on heat-map mass outside the lungs, weight "
-        f"{training['config'].get('lung_penalty', 0)}.\n"
-        f"- **Calibration**: Platt scaling fitted on validation "
-        f"(scale {training['calibration']['scale']:.3f}, bias {training['calibration']['bias']:.3f}).\n"
-        f"- **Model file**: {size_mb:.1f} MB; trained in {training['duration_minutes']} minutes "
+        f"{training.head_only_val_auc:.4f}; fine-tuned: best validation log loss "
+        f"{training.best_val_loss or float('nan'):.4f} (AUC {training.best_val_auc or float('nan'):.4f}) "
+        f"at epoch {training.best_epoch}; kept: {training.kept}.\n"
+        f"- **Training against shortcuts**: {training.augmentation}; "
+        f"penalty on heat-map mass outside the lungs, weight {training.lung_penalty:g}.\n"
+        f"- **Calibration**: Platt scaling fitted on {training.calibration.fitted_on} "
+        f"(scale {training.calibration.scale:.3f}, bias {training.calibration.bias:.3f}).\n"
+        f"- **Model file**: {size_mb:.1f} MB; trained in {training.duration_minutes:g} minutes "
         "on a 2-core CPU.\n"
-        f"- **Versions**: " + ", ".join(f"{k} {v}" for k, v in training["versions"].items()) + "\n"
-        f"- **Data fingerprint** (sha256): `{training['data_fingerprint'][:16]}...`"
+        f"- **Versions**: " + ", ".join(f"{k} {v}" for k, v in training.versions.items()) + "\n"
+        f"- **Data fingerprint** (sha256): `{training.data_fingerprint[:16]}...`"
     )
 else:
     st.warning("weights/training.json is missing: train with `python -m pneumo.train`.")
 
-lungs = ui.json_file(config.LUNG_RECORD_FILE)
+lungs = ui.lung_record()
 if lungs:
     d = lungs["dice"]
     st.markdown(

@@ -11,34 +11,13 @@ the lung-field segmenter's masks), and writes ``val_predictions.csv``,
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
-from pneumo import config
+from pneumo import artifacts, config
 from pneumo import metrics as m
 from pneumo.data import Sample, load_arrays, load_splits
-
-PREDICTION_FIELDS = ["filename", "label", "class_name", "subtype", "patient", "probability"]
-
-
-def recommended_threshold(metrics: dict | None) -> float:
-    """The recommended threshold as the app and the CLIs use it (3 decimals), else 0.5."""
-    if not metrics:
-        return config.DEFAULT_THRESHOLD
-    return round(float(metrics["thresholds"]["recommended"]), 3)
-
-
-def write_predictions(path: Path, samples: list[Sample], probs: np.ndarray) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS)
-        writer.writeheader()
-        for s, p in zip(samples, probs):
-            writer.writerow({"filename": s.filename, "label": s.label, "class_name": s.class_name,
-                             "subtype": s.subtype, "patient": s.patient,
-                             "probability": f"{float(p):.9g}"})
 
 
 def compute_metrics(val: dict[str, np.ndarray], test: dict[str, np.ndarray],
@@ -131,19 +110,6 @@ def heatmap_figures(test: dict, lung_masks: Path | None, lungs_model: Path) -> d
     return out
 
 
-def read_predictions(path: Path) -> dict[str, np.ndarray]:
-    """A predictions CSV as arrays (label, probability, subtype, filename, class_name)."""
-    with Path(path).open() as f:
-        rows = list(csv.DictReader(f))
-    return {
-        "filename": np.array([r["filename"] for r in rows]),
-        "label": np.array([int(r["label"]) for r in rows]),
-        "class_name": np.array([r["class_name"] for r in rows]),
-        "subtype": np.array([r["subtype"] for r in rows]),
-        "probability": np.array([float(r["probability"]) for r in rows]),
-    }
-
-
 def fit_ood(model, train: list[Sample], results: dict, out: Path) -> dict:
     """Fit the OOD check on train features, threshold on val; report the test flag rate."""
     import keras
@@ -210,14 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     explainer = CamExplainer(model)
     splits = load_splits(args.data)
     results = {}
-    for split, filename in (("val", config.VAL_PREDICTIONS_FILE),
-                            ("test", config.TEST_PREDICTIONS_FILE)):
+    for split in ("val", "test"):
         results[split] = predict_split(model, splits[split], explainer)
-        write_predictions(args.weights / filename, splits[split], results[split]["probability"])
+        artifacts.write_predictions(split, splits[split], results[split]["probability"], args.weights)
     metrics = compute_metrics(results["val"], results["test"], args.bootstrap)
     metrics["heatmaps"] = heatmap_figures(results["test"], args.lung_masks, args.lungs)
     metrics["ood"] = fit_ood(model, splits["train"], results, args.weights)
-    (args.weights / config.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    artifacts.write_metrics(metrics, args.weights)
     print(format_table(metrics))
 
 

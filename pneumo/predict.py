@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pneumo import config
-from pneumo.evaluate import recommended_threshold
+from pneumo import artifacts, config
 from pneumo.images import SUPPORTED_EXTENSIONS
 from pneumo.reader import Reading, decide
 
@@ -55,11 +53,9 @@ def find_images(folder: Path, exclude: Path | None = None) -> list[Path]:
 
 def default_threshold(weights_dir: Path | None = None) -> float:
     """The recommended threshold from ``metrics.json`` (rounded as the app rounds it), else 0.5."""
-    path = Path(weights_dir or config.WEIGHTS_DIR) / config.METRICS_FILE
+    path = artifacts.weights_file(config.METRICS_FILE, weights_dir)
     try:
-        return recommended_threshold(json.loads(path.read_text()))
-    except FileNotFoundError:
-        return config.DEFAULT_THRESHOLD
+        return artifacts.recommended_threshold(weights_dir)
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"warning: could not read the recommended threshold from {path} ({err}); "
               f"using {config.DEFAULT_THRESHOLD}", file=sys.stderr)
@@ -236,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threshold is not None:
         threshold = args.threshold
     elif calibration is not None:  # the site's own operating point, on its probability scale
-        threshold = site.shown_threshold(calibration.recommended)
+        threshold = artifacts.round_threshold(calibration.recommended)
     else:
         threshold = default_threshold()
     calibration_name = "" if calibration is None else f"{calibration.site} ({calibration.created})"

@@ -42,6 +42,7 @@ import numpy as np
 
 from pneumo import config
 from pneumo import metrics as m
+from pneumo.artifacts import round_threshold
 
 # One file of the local sample: (label 0/1, name to report, a loader giving its bytes).
 Item = tuple[int, str, Callable[[], bytes]]
@@ -117,11 +118,6 @@ def operating_points(labels, probabilities) -> dict[str, float]:
     }
 
 
-def shown_threshold(value: float) -> float:
-    """A threshold as the app and the CLIs use it: 3 decimals (as ``recommended_threshold``)."""
-    return round(float(value), 3)
-
-
 # --- the site file --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -148,11 +144,11 @@ class SiteCalibration:
     @property
     def recommended(self) -> float:
         """The site's recommended threshold as the app uses it (3 decimals)."""
-        return shown_threshold(self.thresholds["recommended"])
+        return round_threshold(self.thresholds["recommended"])
 
     @property
     def high_sensitivity(self) -> float:
-        return shown_threshold(self.thresholds["high_sensitivity"])
+        return round_threshold(self.thresholds["high_sensitivity"])
 
     @property
     def banner(self) -> str:
@@ -371,7 +367,7 @@ def build(site: str, labels, bundled_probabilities, fingerprint: str, unreadable
     order = np.lexsort((site_p, p, y))
     y, p, site_p = y[order], p[order], site_p[order]
     thresholds = operating_points(y, site_p)
-    at = m.metrics_at(y, site_p, shown_threshold(thresholds["recommended"]))
+    at = m.metrics_at(y, site_p, round_threshold(thresholds["recommended"]))
     return SiteCalibration(
         site=site, scale=scale, bias=bias, thresholds=thresholds,
         counts={**n, "unreadable": int(unreadable)},

@@ -21,7 +21,6 @@ Writes ``pneumo.keras``, ``history.csv`` and ``training.json`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import platform
@@ -32,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pneumo import config
+from pneumo import artifacts, config
 from pneumo.augment import augment_example
 from pneumo.data import class_counts, fingerprint, load_arrays, load_splits
 from pneumo.metrics import fit_platt, log_loss, roc_auc
@@ -43,8 +42,6 @@ from pneumo.model import (
     set_calibration,
 )
 
-HISTORY_FIELDS = ["phase", "epoch", "loss", "auc", "bce", "outside", "consistency", "val_loss",
-                  "val_auc", "val_outside", "lr", "seconds"]
 CAM_MASS_EPSILON = 1.0  # added to the CAM's total mass so an all-negative map has no penalty
 
 
@@ -215,11 +212,11 @@ class Checkpoint(keras.callbacks.Callback):
         logs = dict(logs or {})
         logs.update(self.scorer())
         row = {"phase": "finetune", "epoch": epoch + 1,
-               **{k: float(logs[k]) for k in HISTORY_FIELDS if k in logs},
+               **{k: float(logs[k]) for k in artifacts.HISTORY_FIELDS if k in logs},
                "loss": float(logs["bce"]),  # comparable with the head phase and val_loss
                "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                "seconds": round(time.time() - self.epoch_started, 1)}
-        append_history(self.out, row)
+        artifacts.append_history(row, self.out)
         print(f"\nepoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                   if isinstance(v, float)))
         ckpt = self.out / "checkpoints"
@@ -235,16 +232,6 @@ class Checkpoint(keras.callbacks.Callback):
         if epoch + 1 - self.state["best_epoch"] >= config.EARLY_STOPPING_PATIENCE:
             print(f"\nno validation-loss improvement for {config.EARLY_STOPPING_PATIENCE} epochs; stopping")
             self.model.stop_training = True
-
-
-def append_history(out: Path, row: dict) -> None:
-    path = out / config.HISTORY_FILE
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def fit_head(model: keras.Model, x_train, y_train, x_val, y_val, epochs: int, batch_size: int,
@@ -264,8 +251,9 @@ def fit_head(model: keras.Model, x_train, y_train, x_val, y_val, epochs: int, ba
         h = head_model.fit(f_train, y_train, batch_size=batch_size, epochs=1, verbose=0,
                            class_weight=class_weights(y_train), validation_data=(f_val, y_val))
         row = {k: float(v[0]) for k, v in h.history.items()}
-        append_history(out, {"phase": "head", "epoch": epoch + 1, "lr": config.HEAD_LEARNING_RATE,
-                             "seconds": round(time.time() - started, 1), **row})
+        artifacts.append_history({"phase": "head", "epoch": epoch + 1,
+                                  "lr": config.HEAD_LEARNING_RATE,
+                                  "seconds": round(time.time() - started, 1), **row}, out)
     model.get_layer(config.LOGIT_LAYER).set_weights(head.get_weights())
     baseline = roc_auc(y_val, head_model.predict(f_val, verbose=0))
     print(f"head-only (frozen ImageNet features) val AUC = {baseline:.4f}")
@@ -328,7 +316,7 @@ def train(args: argparse.Namespace) -> dict:
         baseline = state["head_val_auc"]
         state["elapsed_before"] = state.get("elapsed_seconds", 0.0)
     else:
-        (out / config.HISTORY_FILE).unlink(missing_ok=True)
+        artifacts.history_file(out).unlink(missing_ok=True)
         for old in ckpt.glob("epoch*.weights.h5"):
             old.unlink()
         model = build_classifier(args.imagenet)
@@ -411,7 +399,7 @@ def train(args: argparse.Namespace) -> dict:
         "data_fingerprint": fingerprint([s for v in splits.values() for s in v]),
         "data_path": str(args.data),
     }
-    (out / config.TRAINING_FILE).write_text(json.dumps(report, indent=2))
+    artifacts.write_training(report, out)
     print(json.dumps({k: report[k] for k in ("checkpoint", "final_val", "head_only_val_auc",
                                              "duration_minutes")}))
     return report
@@ -450,11 +438,10 @@ def recalibrate(args: argparse.Namespace) -> dict:
     model = keras.saving.load_model(path, compile=False)
     calibration = fit_calibration(model, a["x_val"], a["m_val"], a["y_val"])
     model.save(path)
-    record_path = args.out / config.TRAINING_FILE
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record = artifacts.read_training_dict(args.out)
     calibration["previous"] = record.get("calibration")
     record["calibration"] = calibration
-    record_path.write_text(json.dumps(record, indent=2))
+    artifacts.write_training(record, args.out)
     print(json.dumps(calibration))
     return calibration
 

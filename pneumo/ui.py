@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from pneumo import config, site, wording
+from pneumo import artifacts, config, site, wording
 from pneumo.reader import Reading, decide
 
 THRESHOLD_KEY = "threshold"
@@ -120,34 +119,33 @@ def ood_detector():
 
 
 @st.cache_data(show_spinner=False)
-def predictions(split: str) -> dict[str, np.ndarray] | None:
-    """``weights/{split}_predictions.csv`` as arrays, or None when missing."""
-    from pneumo.evaluate import read_predictions
-
-    name = config.TEST_PREDICTIONS_FILE if split == "test" else config.VAL_PREDICTIONS_FILE
-    path = config.weights_path(name)
-    return read_predictions(path) if path.exists() else None
+def predictions(split: str) -> artifacts.Predictions | None:
+    """``weights/{split}_predictions.csv``, or None when missing."""
+    return artifacts.read_predictions(split)
 
 
 @st.cache_data(show_spinner=False)
-def json_file(name: str) -> dict | None:
-    path = config.weights_path(name)
-    return json.loads(path.read_text()) if path.exists() else None
+def metrics() -> artifacts.Metrics | None:
+    """``weights/metrics.json``, or None when missing."""
+    return artifacts.read_metrics()
+
+
+@st.cache_data(show_spinner=False)
+def training() -> artifacts.TrainingRecord | None:
+    """``weights/training.json``, or None when missing."""
+    return artifacts.read_training()
+
+
+@st.cache_data(show_spinner=False)
+def lung_record() -> dict | None:
+    """``weights/lungs.json`` (the lung-field segmenter's record), or None when missing."""
+    return artifacts.read_record(config.LUNG_RECORD_FILE)
 
 
 @st.cache_data(show_spinner=False)
 def history() -> dict[str, list] | None:
     """``weights/history.csv`` as columns (numbers as floats)."""
-    path = config.weights_path(config.HISTORY_FILE)
-    if not path.exists():
-        return None
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    columns: dict[str, list] = {k: [] for k in rows[0]} if rows else {}
-    for row in rows:
-        for k, v in row.items():
-            columns[k].append(v if k == "phase" else (float(v) if v not in ("", None) else None))
-    return columns
+    return artifacts.read_history()
 
 
 # --- site calibration (pneumo.site) ---
@@ -270,33 +268,32 @@ def thresholds() -> dict[str, float]:
     the site's probability scale (the same decisions as before calibrating).
     """
     presets = {"0.5 (default)": config.DEFAULT_THRESHOLD}
-    metrics = json_file(config.METRICS_FILE)
+    found = metrics()
     cal = active_site()
     if cal is not None:
         presets[f"Site recommended ({cal.recommended:.3f})"] = cal.recommended
         presets[f"Site high sensitivity ({cal.high_sensitivity:.3f})"] = cal.high_sensitivity
-        if metrics:
-            t = metrics["thresholds"]
-            for key, label in (("recommended", "Training centre recommended"),
-                               ("high_sensitivity", "Training centre high sensitivity")):
-                value = site.shown_threshold(cal.apply(round(t[key], 3)))
+        if found:
+            t = found.thresholds
+            for bundled, label in ((t.recommended_shown, "Training centre recommended"),
+                                   (t.high_sensitivity_shown, "Training centre high sensitivity")):
+                value = artifacts.round_threshold(cal.apply(bundled))
                 presets[f"{label} ({value:.3f})"] = value
         return presets
-    if metrics:
-        t = metrics["thresholds"]
-        presets[f"Recommended ({t['recommended']:.3f})"] = round(t["recommended"], 3)
-        presets[f"High sensitivity ({t['high_sensitivity']:.3f})"] = round(t["high_sensitivity"], 3)
+    if found:
+        t = found.thresholds
+        presets[f"Recommended ({t.recommended_shown:.3f})"] = t.recommended_shown
+        presets[f"High sensitivity ({t.high_sensitivity_shown:.3f})"] = t.high_sensitivity_shown
     return presets
 
 
 def recommended_threshold() -> float:
     """The default threshold: the site's recommended one with a site file, else the bundled one."""
-    from pneumo.evaluate import recommended_threshold as from_metrics
-
     cal = active_site()
     if cal is not None:
         return cal.recommended
-    return from_metrics(json_file(config.METRICS_FILE))
+    found = metrics()
+    return config.DEFAULT_THRESHOLD if found is None else found.thresholds.recommended_shown
 
 
 def current_threshold() -> float:
@@ -344,7 +341,7 @@ def evidence_line(probability: float) -> str:
     test = predictions("test")
     if test is None:
         return ""
-    return wording.evidence_line(probability, test["probability"], test["label"])
+    return wording.evidence_line(probability, test.probability, test.label)
 
 
 EVIDENCE_TEST = "Official test set (624 images)"
@@ -372,12 +369,13 @@ def evidence(option: str) -> dict | None:
                         f"({int(labels.sum()):,} with pneumonia), calibrated on themselves, so "
                         "these figures are in-sample: expect new images to do a little worse. "
                         f"{cal.banner}."}
-    data = predictions("test" if option == EVIDENCE_TEST else "val")
-    if data is None:
+    found = predictions("test" if option == EVIDENCE_TEST else "val")
+    if found is None:
         return None
+    data = {"label": found.label, "probability": found.probability, "subtype": found.subtype}
     if cal is None:
         return {**data, "note": None}
-    return {**data, "probability": cal.apply(data["probability"]),
+    return {**data, "probability": cal.apply(found.probability),
             "note": f"Probabilities after {cal.site}'s calibration, so the threshold means the "
                     "same here as on the Read page; decisions are the model's own at the "
                     "corresponding threshold."}

@@ -134,15 +134,15 @@ def _caption_counts(at) -> tuple[int, int]:
 
 
 def test_explorer_confusion_counts_follow_the_threshold():
-    from pneumo.evaluate import read_predictions
+    from pneumo.artifacts import read_predictions
 
-    test = read_predictions(config.weights_path(config.TEST_PREDICTIONS_FILE))
+    test = read_predictions("test")
     at = _app()
     at.switch_page(EXPLORER_PAGE).run()
     assert not at.exception, at.exception
     for t in (0.2, 0.5, 0.9):
         _set_threshold(at, t)
-        c = m.confusion(test["label"], test["probability"], t)
+        c = m.confusion(test.label, test.probability, t)
         assert _caption_counts(at) == (c["fn"], c["fp"])
     assert len(at.get("plotly_chart")) >= 7
 
@@ -301,13 +301,13 @@ def test_heat_map_hidden_below_threshold_until_asked():
 
 def test_evidence_line_beside_the_probability():
     from pneumo import wording
-    from pneumo.evaluate import read_predictions
+    from pneumo.artifacts import read_predictions
 
-    test = read_predictions(config.weights_path(config.TEST_PREDICTIONS_FILE))
+    test = read_predictions("test")
     at = _app()
     data = png_bytes(synthetic_xray(300, 6))
     at.file_uploader[0].set_value(("e.png", data, "image/png")).run()
-    line = wording.evidence_line(_expected_probability(data), test["probability"], test["label"])
+    line = wording.evidence_line(_expected_probability(data), test.probability, test.label)
     assert line.startswith("Of the ")
     assert line in [c.value for c in at.caption]
 
@@ -387,10 +387,10 @@ def test_real_lung_model_on_a_real_xray(shared_data):
 
 def test_low_probability_normal_xray_shows_no_heat_map(shared_data):
     """A NORMAL test image the model scores below 10 %: no overlay at the recommended threshold."""
-    from pneumo.evaluate import read_predictions
+    from pneumo.artifacts import read_predictions
 
-    test = read_predictions(config.weights_path(config.TEST_PREDICTIONS_FILE))
-    low = [(f, p) for f, p, c in zip(test["filename"], test["probability"], test["class_name"])
+    test = read_predictions("test")
+    low = [(f, p) for f, p, c in zip(test.filename, test.probability, test.class_name)
            if c == "NORMAL" and p < 0.1]
     assert low, "no NORMAL test image below 10 %"
     name, p = low[0]

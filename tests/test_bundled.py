@@ -9,7 +9,7 @@ import pytest
 
 from pneumo import config
 from pneumo import metrics as m
-from pneumo.evaluate import read_predictions
+from pneumo.artifacts import read_predictions
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def committed(bundled_model_dir):
         pytest.skip("no committed test predictions")
     return {
         "test": read_predictions(test_csv),
-        "val": read_predictions(config.weights_path(config.VAL_PREDICTIONS_FILE)),
+        "val": read_predictions("val"),
         "metrics": json.loads(config.weights_path(config.METRICS_FILE).read_text()),
     }
 
@@ -31,12 +31,12 @@ def test_model_reproduces_committed_test_predictions(committed, shared_data):
     from pneumo.model import Predictor, load_model
 
     test = committed["test"]
-    picks = np.linspace(0, len(test["filename"]) - 1, 8).astype(int)
+    picks = np.linspace(0, len(test.filename) - 1, 8).astype(int)
     images = np.stack([
-        load_image(shared_data / "test" / test["class_name"][i] / test["filename"][i]) for i in picks
+        load_image(shared_data / "test" / test.class_name[i] / test.filename[i]) for i in picks
     ])
     model = load_model()
-    expected = test["probability"][picks]
+    expected = test.probability[picks]
     np.testing.assert_allclose(Predictor(model).predict(images), expected, atol=1e-4)
     np.testing.assert_allclose([e.probability for e in CamExplainer(model).explain(images)],
                                expected, atol=1e-4)
@@ -44,17 +44,17 @@ def test_model_reproduces_committed_test_predictions(committed, shared_data):
 
 def test_committed_metrics_follow_from_committed_predictions(committed):
     test, val, metrics = committed["test"], committed["val"], committed["metrics"]
-    assert len(test["label"]) == 624 and int(test["label"].sum()) == 390
+    assert len(test.label) == 624 and int(test.label.sum()) == 390
     t = metrics["thresholds"]
-    assert m.sensitivity_threshold(val["label"], val["probability"],
+    assert m.sensitivity_threshold(val.label, val.probability,
                                    config.RECOMMENDED_SENSITIVITY_TARGET) == pytest.approx(
         t["recommended"], abs=1e-3)
-    assert m.metrics_at(val["label"], val["probability"], t["high_sensitivity"])[
+    assert m.metrics_at(val.label, val.probability, t["high_sensitivity"])[
         "sensitivity"] >= config.HIGH_SENSITIVITY_TARGET
     at = metrics["test"]["at_recommended"]
-    assert at["auc"]["value"] == pytest.approx(m.roc_auc(test["label"], test["probability"]),
+    assert at["auc"]["value"] == pytest.approx(m.roc_auc(test.label, test.probability),
                                                abs=1e-6)
-    recomputed = m.metrics_at(test["label"], test["probability"], t["recommended"])
+    recomputed = m.metrics_at(test.label, test.probability, t["recommended"])
     for name, value in recomputed.items():
         assert at[name]["value"] == pytest.approx(value, abs=1e-9)
         lo, hi = at[name]["ci95"]

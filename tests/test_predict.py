@@ -12,6 +12,7 @@ from conftest import jpeg_bytes, png_bytes, synthetic_xray
 from PIL import Image
 
 from pneumo import predict
+from pneumo.artifacts import round_threshold
 
 GOOD = ("a.png", "b.jpg", "scans/c.png", "scans/deeper/d.JPEG")
 BAD = "scans/broken.png"
@@ -312,7 +313,7 @@ def test_a_site_calibration_is_applied_and_named(tmp_path, bundled_model_dir, mo
         assert row["calibration"] == "Test site (2026-11-26)"
         expected = float(cal.apply(float(row["bundled_probability"])))
         assert float(row["probability_pneumonia"]) == pytest.approx(expected, abs=2e-6)
-        assert float(row["threshold"]) == site.shown_threshold(cal.recommended)
+        assert float(row["threshold"]) == round_threshold(cal.recommended)
 
 
 def test_without_a_site_file_the_calibration_columns_are_empty(cli_run):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
@@ -105,8 +104,8 @@ def test_compare_with_a_stand_in_predictor(original):
 @pytest.fixture(scope="module")
 def reencoded(shared_data, bundled_model_dir) -> tuple[float, dict]:
     """The bundled model on 100 official test images (50 per class) and their re-encodings."""
+    from pneumo.artifacts import recommended_threshold
     from pneumo.data import read_split
-    from pneumo.evaluate import recommended_threshold
     from pneumo.model import Predictor, load_model
 
     samples = read_split(shared_data, "test")
@@ -114,9 +113,7 @@ def reencoded(shared_data, bundled_model_dir) -> tuple[float, dict]:
     for label in (0, 1):
         of_class = [s for s in samples if s.label == label]
         picks += [of_class[int(i)] for i in np.linspace(0, len(of_class) - 1, 50)]
-    metrics_path = bundled_model_dir / config.METRICS_FILE
-    threshold = recommended_threshold(json.loads(metrics_path.read_text())
-                                      if metrics_path.exists() else None)
+    threshold = recommended_threshold(bundled_model_dir)
     result = compare(Predictor(load_model()), [s.path.read_bytes() for s in picks], threshold)
     report = "; ".join(f"{name}: {r['flips']}/{r['n']} flips, |dp| p95 {r['abs_dp_p95']:.3f} "
                        f"max {r['abs_dp_max']:.3f}" for name, r in result.items())

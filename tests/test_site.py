@@ -338,7 +338,7 @@ def test_every_page_says_which_site_and_the_default_threshold_is_the_sites(site_
 
 
 def test_explorer_site_view_and_test_view_on_the_site_scale(site_file):
-    from pneumo.evaluate import read_predictions
+    from pneumo.artifacts import read_predictions
 
     at = _app()
     at.switch_page(EXPLORER_PAGE).run()
@@ -346,7 +346,7 @@ def test_explorer_site_view_and_test_view_on_the_site_scale(site_file):
     site_view = f"This site: {SITE} (100 images)"
     assert radio.options == ["Official test set (624 images)", "Validation split", site_view]
     labels, probs = site_file.sample()
-    test = read_predictions(config.weights_path(config.TEST_PREDICTIONS_FILE))
+    test = read_predictions("test")
     for t in (0.3, 0.7):
         at.session_state["threshold"] = t
         radio.set_value(site_view).run()
@@ -355,7 +355,7 @@ def test_explorer_site_view_and_test_view_on_the_site_scale(site_file):
         assert any("in-sample" in x.value for x in at.caption)
         assert len(at.get("plotly_chart")) == 6  # no subtype chart for the site sample
         at.radio[0].set_value("Official test set (624 images)").run()
-        c = m.confusion(test["label"], site_file.apply(test["probability"]), t)
+        c = m.confusion(test.label, site_file.apply(test.probability), t)
         assert _caption_counts(at) == (c["fn"], c["fp"])
         assert len(at.get("plotly_chart")) == 7
     next(b for b in at.button if b.label.startswith("Site recommended")).click().run()
@@ -375,7 +375,7 @@ def test_model_card_shows_the_site_reliability_beside_the_test_one(site_file):
 
 def test_a_site_file_for_another_model_is_ignored_with_a_message(tmp_path, monkeypatch,
                                                                   bundled_model_dir):
-    from pneumo.evaluate import recommended_threshold
+    from pneumo.artifacts import recommended_threshold
 
     cal = site.build(SITE, *_sample(), "ab" * 32, created=DATE)
     monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path / "site"))
@@ -383,9 +383,7 @@ def test_a_site_file_for_another_model_is_ignored_with_a_message(tmp_path, monke
     at = _app()
     assert _banner(at) == []
     assert any("made for another model" in w.value for w in at.warning)
-    metrics_path = config.weights_path(config.METRICS_FILE)
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    assert at.session_state["threshold"] == pytest.approx(recommended_threshold(metrics))
+    assert at.session_state["threshold"] == pytest.approx(recommended_threshold())
     at.switch_page(EXPLORER_PAGE).run()
     assert len(at.radio[0].options) == 2
 
