@@ -1,4 +1,4 @@
-"""The classifier: EfficientNet-Lite0 (Keras' own builder, Lite settings) with a calibrated head.
+"""The classifier: EfficientNet-Lite0 (public Keras layers, Lite settings) with a calibrated head.
 
 The network takes RGB pixels 0-255 (see :mod:`pneumo.images`) and outputs the calibrated
 probability of pneumonia. Its last layer, ``calibration``, is a one-weight Dense with a sigmoid:
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras.src.applications.efficientnet import DEFAULT_BLOCKS_ARGS, EfficientNet
 
 from pneumo import config
 
@@ -22,31 +21,110 @@ from pneumo import config
 _LITE_MEAN = 127.0 / 255.0
 _LITE_STD = 128.0 / 255.0
 
+# EfficientNet-B0's block table (Tan & Le 2019; the table in Keras' EfficientNet) without
+# squeeze-and-excitation, which is the Lite form. Width and depth coefficients are 1.0 for
+# Lite0, so the filters and repeats are used as written.
+_LITE0_BLOCKS = (
+    # kernel_size, repeats, filters_in, filters_out, expand_ratio, strides
+    (3, 1, 32, 16, 1, 1),
+    (3, 2, 16, 24, 6, 2),
+    (5, 2, 24, 40, 6, 2),
+    (3, 3, 40, 80, 6, 2),
+    (5, 3, 80, 112, 6, 1),
+    (5, 4, 112, 192, 6, 2),
+    (3, 1, 192, 320, 6, 1),
+)
+_STEM_FILTERS = 32
+_TOP_FILTERS = 1280
+_DROP_CONNECT_RATE = 0.2  # Keras' default: residual dropout grows linearly to 0.2 over the blocks
+_CONV_INIT = {"class_name": "VarianceScaling",
+              "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
+
 
 def lite0_blocks_args() -> list[dict]:
     """EfficientNet-B0's block table with squeeze-and-excitation removed (the Lite form)."""
-    blocks = copy.deepcopy(DEFAULT_BLOCKS_ARGS)
-    for block in blocks:
-        block["se_ratio"] = 0.0
-    return blocks
+    keys = ("kernel_size", "repeats", "filters_in", "filters_out", "expand_ratio", "strides")
+    return [{**dict(zip(keys, row, strict=True)), "id_skip": True, "se_ratio": 0.0}
+            for row in _LITE0_BLOCKS]
+
+
+def _correct_pad(x, kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Zero padding before a stride-2 'valid' convolution, as Keras' applications pad (TF 'same')."""
+    height, width = x.shape[1], x.shape[2]
+    half = kernel_size // 2
+    return ((half - (1 - height % 2), half), (half - (1 - width % 2), half))
+
+
+def _block(x, drop_rate: float, name: str, *, kernel_size: int, filters_in: int,
+           filters_out: int, expand_ratio: int, strides: int, id_skip: bool, **_):
+    """One inverted-residual (MBConv) block without squeeze-and-excitation, relu6."""
+    layers = keras.layers
+    inputs = x
+    if expand_ratio != 1:
+        x = layers.Conv2D(filters_in * expand_ratio, 1, padding="same", use_bias=False,
+                          kernel_initializer=_CONV_INIT, name=f"{name}expand_conv")(x)
+        x = layers.BatchNormalization(axis=3, name=f"{name}expand_bn")(x)
+        x = layers.Activation("relu6", name=f"{name}expand_activation")(x)
+    if strides == 2:
+        x = layers.ZeroPadding2D(padding=_correct_pad(x, kernel_size), name=f"{name}dwconv_pad")(x)
+    x = layers.DepthwiseConv2D(kernel_size, strides=strides,
+                               padding="valid" if strides == 2 else "same", use_bias=False,
+                               depthwise_initializer=_CONV_INIT, name=f"{name}dwconv")(x)
+    x = layers.BatchNormalization(axis=3, name=f"{name}bn")(x)
+    x = layers.Activation("relu6", name=f"{name}activation")(x)
+    x = layers.Conv2D(filters_out, 1, padding="same", use_bias=False,
+                      kernel_initializer=_CONV_INIT, name=f"{name}project_conv")(x)
+    x = layers.BatchNormalization(axis=3, name=f"{name}project_bn")(x)
+    if id_skip and strides == 1 and filters_in == filters_out:
+        if drop_rate > 0:
+            x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}drop")(x)
+        x = layers.add([x, inputs], name=f"{name}add")
+    return x
 
 
 def build_lite0(include_top: bool = False, weights: str | Path | None = None) -> keras.Model:
-    """EfficientNet-Lite0 from Keras' EfficientNet builder: no SE, relu6, RGB 0-255 input.
+    """EfficientNet-Lite0 on public Keras layers: no SE, relu6, RGB 0-255 input.
 
-    ``weights`` is a local ``.weights.h5`` file (never a download).
+    Layer for layer (names, order, settings) what Keras' EfficientNet builder makes with
+    ``activation="relu6"``, SE ratio 0 and no ImageNet std rescaling, so weights saved from
+    either load into the other (checked against the builder in ``keras.src`` when this was
+    written: identical configs and outputs). ``weights`` is a local ``.weights.h5`` file (never
+    a download). With ``include_top`` the 1000-class ImageNet head is added.
     """
-    model = EfficientNet(
-        1.0,
-        1.0,
-        config.IMAGE_SIZE,
-        activation="relu6",
-        blocks_args=lite0_blocks_args(),
-        name=config.BACKBONE_NAME,
-        include_top=include_top,
-        weights=None,
-        input_shape=(config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS),
-    )
+    layers = keras.layers
+    size = config.IMAGE_SIZE
+    img_input = layers.Input(shape=(size, size, config.CHANNELS))
+    x = layers.Rescaling(1.0 / 255.0)(img_input)
+    x = layers.Normalization(axis=3)(x)
+    x = layers.ZeroPadding2D(padding=_correct_pad(x, 3), name="stem_conv_pad")(x)
+    x = layers.Conv2D(_STEM_FILTERS, 3, strides=2, padding="valid", use_bias=False,
+                      kernel_initializer=_CONV_INIT, name="stem_conv")(x)
+    x = layers.BatchNormalization(axis=3, name="stem_bn")(x)
+    x = layers.Activation("relu6", name="stem_activation")(x)
+
+    blocks_args = lite0_blocks_args()
+    total = float(sum(args["repeats"] for args in blocks_args))
+    b = 0
+    for i, args in enumerate(blocks_args):
+        args = copy.deepcopy(args)
+        for j in range(args.pop("repeats")):
+            if j > 0:
+                args["strides"] = 1
+                args["filters_in"] = args["filters_out"]
+            x = _block(x, _DROP_CONNECT_RATE * b / total, f"block{i + 1}{chr(j + 97)}_", **args)
+            b += 1
+
+    x = layers.Conv2D(_TOP_FILTERS, 1, padding="same", use_bias=False,
+                      kernel_initializer=_CONV_INIT, name="top_conv")(x)
+    x = layers.BatchNormalization(axis=3, name="top_bn")(x)
+    x = layers.Activation("relu6", name="top_activation")(x)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dropout(0.2, name="top_dropout")(x)
+        x = layers.Dense(1000, activation="softmax", name="predictions",
+                         kernel_initializer={"class_name": "VarianceScaling", "config": {
+                             "scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"}})(x)
+    model = keras.Model(img_input, x, name=config.BACKBONE_NAME)
     _set_lite_normalization(model)
     if weights is not None:
         model.load_weights(str(weights))

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pneumo import config  # noqa: E402
-from pneumo.model import build_lite0  # noqa: E402
+from pneumo import config
+from pneumo.model import build_lite0
 
 TOLERANCE = 1e-5
 

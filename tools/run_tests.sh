@@ -1,10 +1,29 @@
 #!/usr/bin/env bash
-# Install what the tests need (pinned Python packages; Debian's Chromium for the browser test),
-# then lint and run the whole test suite. Extra arguments go to pytest.
+# Install what the tests need, then lint and run the whole test suite. Extra arguments go to pytest.
+# Installs into a virtual environment: the active one, else .venv (made with python3 when missing;
+# a stock Debian/Ubuntu python3 refuses a bare pip install, PEP 668): the pinned packages of
+# requirements-dev.txt and pneumo itself (pip install -e .); as root also Debian's Chromium for the
+# browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    if ! python3 -m venv .venv; then  # Debian/Ubuntu ship the venv module as python3-venv
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv --clear .venv
+      else
+        echo "error: python3 -m venv failed; install python3-venv (sudo apt-get install python3-venv)" >&2
+        exit 1
+      fi
+    fi
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -e .
+
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
