@@ -15,6 +15,7 @@ TRAINING_FILE = "training.json"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
 VAL_PREDICTIONS_FILE = "val_predictions.csv"
 METRICS_FILE = "metrics.json"
+OOD_FILE = "ood.npz"  # the out-of-distribution reference (pneumo.ood)
 IMAGENET_NOTOP_FILE = Path("imagenet") / "efficientnet_lite0_notop.weights.h5"
 LUNG_MODEL_FILE = "lungs.keras"  # the lung-field segmenter
 LUNG_RECORD_FILE = "lungs.json"  # its training record (data, ids, Dice per split)
@@ -27,6 +28,7 @@ SHARED_LUNG_MASKS_DIR = PROJECT_ROOT.parent / "shared" / "data" / "lung_masks"
 IMAGE_SIZE = 224  # pixels, square
 CHANNELS = 3
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
+CLASS_COLOURS = {"NORMAL": "#2e7d5b", "PNEUMONIA": "#c0392b"}  # decisions, badges and charts
 POSITIVE_CLASS = "PNEUMONIA"
 
 # Keras layer names the rest of the code refers to.

@@ -7,26 +7,38 @@ quality check found small, :func:`pneumo.quality.suppress_ood_texture`):
    radiographs (widened by ``TEXTURE_MARGIN``): flat colours, gradients and blurred pictures
    below it, noise and printed text above it;
 3. appearance: the Mahalanobis distance of the model's pooled features (in a PCA subspace
-   fitted on training radiographs) above a threshold set on validation radiographs.
+   fitted on training radiographs, each with ``AUGMENTED_COPIES`` copies under the classifier's
+   own framing/acquisition augmentation, :mod:`pneumo.augment`) above the
+   ``VALIDATION_QUANTILE`` quantile of validation radiographs (originals and augmented copies
+   alike), so ordinary variation in framing, exposure and compression counts as a radiograph.
 
-The reference statistics live in ``weights/ood.npz``, written by :func:`fit` (called by
-``python -m pneumo.evaluate``) because they belong to one trained model.
+The reference statistics live in ``weights/ood.npz``, written by :func:`fit_reference` (called
+by ``python -m pneumo.evaluate``) because they belong to one trained model. To refit only them:
+
+    python -m pneumo.ood --refit --data ../shared/data/chest_xray
+
+which writes ``weights/ood.npz`` and the ``"ood"`` section of ``weights/metrics.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pneumo import config, quality
+from pneumo import artifacts, config, quality
 
-OOD_FILE = "ood.npz"
 SATURATION_LIMIT = 0.12  # mean saturation (0..1) above which an image is not a grey radiograph
 PCA_COMPONENTS = 64
 VALIDATION_QUANTILE = 0.995  # share of validation radiographs that must pass
+# Augmented copies per radiograph (pneumo.augment) added to the reference and to the threshold
+# set; 0 is the first rule (originals only). Seeds fixed so a refit is reproducible.
+AUGMENTED_COPIES = 2
+TRAIN_SEED, VAL_SEED = 0, 1
 TEXTURE_QUANTILES = (0.001, 0.999)  # of training radiographs' Laplacian variance
 TEXTURE_MARGIN = 2.0  # the texture range is widened by this factor on both sides
 WARNING = ("This does not look like a chest X-ray. pneumo was trained on pediatric chest "
@@ -114,7 +126,7 @@ def fit(train_features: np.ndarray, val_features: np.ndarray,
 
 def load_detector(path: Path | None = None) -> OodDetector | None:
     """The detector stored beside the model, or None when there is none."""
-    path = Path(path) if path is not None else config.weights_path(OOD_FILE)
+    path = Path(path) if path is not None else artifacts.ood_file()
     if not path.exists():
         return None
     with np.load(path) as z:
@@ -122,3 +134,109 @@ def load_detector(path: Path | None = None) -> OodDetector | None:
             0.0, float("inf"))
         return OodDetector(z["mean"], z["components"], z["inverse_variance"],
                            float(z["residual_variance"]), float(z["threshold"]), texture_range)
+
+
+def augmented_copies(images: np.ndarray, copies: int, seed: int, chunk: int = 256):
+    """Yield uint8 chunks of augmented copies (:func:`pneumo.augment.augment_example`, zero lung
+    mask, rounded like a decoded image): ``copies`` passes over ``images``, in order."""
+    import tensorflow as tf
+
+    from pneumo.augment import augment_example
+
+    tf.random.set_seed(seed)
+    mask = tf.zeros([config.IMAGE_SIZE, config.IMAGE_SIZE, 1], tf.float32)
+
+    @tf.function
+    def one(image):
+        out, _ = augment_example(image, mask)
+        return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+    for _ in range(copies):
+        for start in range(0, len(images), chunk):
+            yield np.stack([one(tf.constant(img)).numpy() for img in images[start:start + chunk]])
+
+
+def pooled_features(model, images: np.ndarray | list, batch_size: int = 32) -> np.ndarray:
+    """The model's pooled features (``avg_pool``) for uint8 images, or for chunks of them."""
+    import keras
+
+    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    chunks = [images] if isinstance(images, np.ndarray) else images
+    out = [pooled.predict(np.asarray(c, dtype="float32"), batch_size=batch_size, verbose=0)
+           for c in chunks]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def fit_reference(model, train_images: np.ndarray, val_images: np.ndarray,
+                  train_features: np.ndarray | None = None,
+                  val_features: np.ndarray | None = None,
+                  copies: int = AUGMENTED_COPIES) -> OodDetector:
+    """The rule in use: :func:`fit` on training radiographs plus ``copies`` augmented copies of
+    each, threshold on validation radiographs plus ``copies`` augmented copies of each; texture
+    range from the training originals. Features of the originals may be passed in."""
+    if train_features is None:
+        train_features = pooled_features(model, train_images)
+    if val_features is None:
+        val_features = pooled_features(model, val_images)
+    train_all, val_all = [np.asarray(train_features)], [np.asarray(val_features)]
+    if copies > 0:
+        train_all.append(pooled_features(model, augmented_copies(train_images, copies, TRAIN_SEED)))
+        val_all.append(pooled_features(model, augmented_copies(val_images, copies, VAL_SEED)))
+    return fit(np.concatenate(train_all), np.concatenate(val_all), train_images=train_images)
+
+
+def rule_text(copies: int = AUGMENTED_COPIES) -> str:
+    return (f"saturation > {SATURATION_LIMIT}, Laplacian variance outside the training "
+            f"radiographs' range, or feature distance above the {VALIDATION_QUANTILE:.1%} quantile "
+            f"of validation radiographs; reference and quantile each over the originals plus "
+            f"{copies} copies under the training augmentation (rule changed after the first "
+            f"rule's test figures were seen; see README)")
+
+
+def report(detector: OodDetector, results: dict, copies: int = AUGMENTED_COPIES) -> dict:
+    """The ``"ood"`` section of metrics.json: ``results[split]`` has ``images`` and
+    ``features`` for "val" and "test" (the test rate is reported, never used to fit)."""
+    rates = {}
+    for split in ("val", "test"):
+        r = results[split]
+        flags = [detector.is_outlier(img, f) for img, f in zip(r["images"], r["features"])]
+        rates[f"{split}_flagged"] = float(np.mean(flags))
+    return {"threshold": detector.threshold, "texture_range": list(detector.texture_range),
+            **rates, "rule": rule_text(copies)}
+
+
+def refit(data: Path, weights: Path = config.WEIGHTS_DIR, copies: int = AUGMENTED_COPIES) -> dict:
+    """Refit only the OOD reference of the model in ``weights``: writes ``ood.npz`` and the
+    ``"ood"`` section of ``metrics.json`` as ``python -m pneumo.evaluate`` does."""
+    from pneumo.data import load_arrays, load_splits
+    from pneumo.model import load_model
+
+    model = load_model(Path(weights) / config.MODEL_FILE)
+    splits = load_splits(Path(data))
+    arrays = {split: load_arrays(splits[split])[0] for split in ("train", "val", "test")}
+    features = {split: pooled_features(model, a) for split, a in arrays.items()}
+    detector = fit_reference(model, arrays["train"], arrays["val"], features["train"],
+                             features["val"], copies)
+    detector.save(artifacts.ood_file(Path(weights)))
+    section = report(detector, {s: {"images": arrays[s], "features": features[s]}
+                                for s in ("val", "test")}, copies)
+    artifacts.update_metrics_section("ood", section, Path(weights))
+    return section
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Refit the 'not a chest X-ray' reference.")
+    parser.add_argument("--refit", action="store_true", required=True,
+                        help="refit weights/ood.npz and the 'ood' section of metrics.json")
+    parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
+                        help="Kaggle-layout chest_xray folder")
+    parser.add_argument("--weights", type=Path, default=config.WEIGHTS_DIR)
+    parser.add_argument("--copies", type=int, default=AUGMENTED_COPIES,
+                        help="augmented copies per radiograph (0: the first rule)")
+    args = parser.parse_args(argv)
+    section = refit(args.data, args.weights, args.copies)
+    print(json.dumps(section, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -168,6 +168,34 @@ def test_ood_texture_test_skipped_for_a_low_resolution_original_only():
     assert detector(far) == ood.WARNING
 
 
+def test_ood_reference_takes_augmented_copies_reproducibly():
+    """fit_reference: reference and threshold over originals plus augmented copies (a tiny
+    stand-in model with an ``avg_pool`` layer); the copies are uint8 and reproducible."""
+    import keras
+
+    inputs = keras.Input((config.IMAGE_SIZE, config.IMAGE_SIZE, 3))
+    x = keras.layers.Conv2D(4, 8, strides=8)(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+    images = np.stack([reader.decode_file(*as_file(f"{i}.png", synthetic_xray(240, i))).model_input
+                       for i in range(6)])
+    chunks = list(ood.augmented_copies(images, 2, ood.TRAIN_SEED, chunk=4))
+    assert [len(c) for c in chunks] == [4, 2, 4, 2]
+    assert all(c.dtype == np.uint8 and c.shape[1:] == images.shape[1:] for c in chunks)
+    again = list(ood.augmented_copies(images, 2, ood.TRAIN_SEED, chunk=4))
+    assert all(np.array_equal(a, b) for a, b in zip(chunks, again))
+    assert not np.array_equal(np.concatenate(chunks)[:6], images)
+
+    plain = ood.fit_reference(model, images, images[:3], copies=0)
+    feats = ood.pooled_features(model, images)
+    np.testing.assert_allclose(plain.mean, feats.mean(axis=0), rtol=1e-5, atol=1e-6)
+    widened = ood.fit_reference(model, images, images[:3], copies=2)
+    every = np.concatenate([feats, ood.pooled_features(model, chunks)])
+    np.testing.assert_allclose(widened.mean, every.mean(axis=0), rtol=1e-4, atol=1e-5)
+    assert widened.texture_range == plain.texture_range  # texture from the originals only
+    assert "2 copies" in ood.rule_text(2)
+
+
 def test_read_corrected_reads_the_corrected_copy_and_says_so():
     upright = marked(300, 6, height=240)  # non-square: the display turns, the input is square
     turned = np.ascontiguousarray(np.rot90(upright))
