@@ -61,9 +61,9 @@ def compute_metrics(val: dict[str, np.ndarray], test: dict[str, np.ndarray],
     for subtype in ("bacteria", "virus"):
         mask = test["subtype"] == subtype
         if mask.any():
-            hits = int(np.sum(p[mask] >= recommended))
+            hits = int(np.sum(m.flagged(p[mask], recommended)))
             lo, hi = m.bootstrap_interval(np.ones(mask.sum()), p[mask],
-                                          lambda yy, pp: float(np.mean(pp >= recommended)), samples)
+                                          lambda yy, pp: float(np.mean(m.flagged(pp, recommended))), samples)
             out["subtype_sensitivity_at_recommended"][subtype] = {
                 "value": hits / int(mask.sum()), "n": int(mask.sum()), "ci95": [lo, hi]}
     return out
@@ -111,25 +111,15 @@ def heatmap_figures(test: dict, lung_masks: Path | None, lungs_model: Path) -> d
 
 
 def fit_ood(model, train: list[Sample], results: dict, out: Path) -> dict:
-    """Fit the OOD check on train features, threshold on val; report the test flag rate."""
-    import keras
-
+    """Fit the OOD check on train features (originals and augmented copies), threshold on val
+    (the same); report the test flag rate. ``python -m pneumo.ood --refit`` does only this."""
     from pneumo import ood
 
     train_images, _ = load_arrays(train)
-    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
-    train_features = pooled.predict(train_images, batch_size=32, verbose=0)
-    detector = ood.fit(train_features, results["val"]["features"], train_images=train_images)
-    detector.save(out / ood.OOD_FILE)
-    rates = {}
-    for split in ("val", "test"):
-        r = results[split]
-        flags = [detector.is_outlier(img, f) for img, f in zip(r["images"], r["features"])]
-        rates[f"{split}_flagged"] = float(np.mean(flags))
-    return {"threshold": detector.threshold, "texture_range": list(detector.texture_range), **rates,
-            "rule": f"saturation > {ood.SATURATION_LIMIT}, Laplacian variance outside the training "
-                    f"radiographs' range, or feature distance above the "
-                    f"{ood.VALIDATION_QUANTILE:.1%} quantile of validation radiographs"}
+    detector = ood.fit_reference(model, train_images, results["val"]["images"],
+                                 val_features=results["val"]["features"])
+    detector.save(artifacts.ood_file(out))
+    return ood.report(detector, results)
 
 
 def format_table(metrics: dict) -> str:
@@ -167,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="lung_masks folder: its test masks measure the heat maps (never fit)")
     parser.add_argument("--lungs", type=Path, default=config.weights_path(config.LUNG_MODEL_FILE),
                         help="lung-field segmenter for the segmenter-mask heat-map figures")
+    parser.add_argument("--keep-ood", action="store_true",
+                        help="keep ood.npz and its figures instead of refitting them (about 20 "
+                             "minutes): they depend on the backbone only, so this is right after a "
+                             "calibration-only change (`python -m pneumo.train --recalibrate`)")
     args = parser.parse_args(argv)
 
     from pneumo.explain import CamExplainer
@@ -181,7 +175,13 @@ def main(argv: list[str] | None = None) -> None:
         artifacts.write_predictions(split, splits[split], results[split]["probability"], args.weights)
     metrics = compute_metrics(results["val"], results["test"], args.bootstrap)
     metrics["heatmaps"] = heatmap_figures(results["test"], args.lung_masks, args.lungs)
-    metrics["ood"] = fit_ood(model, splits["train"], results, args.weights)
+    previous = artifacts.read_metrics(args.weights)
+    if args.keep_ood and previous is not None and previous.ood and \
+            artifacts.ood_file(args.weights).exists():
+        print("kept the OOD reference and its figures (--keep-ood)")
+        metrics["ood"] = previous.ood
+    else:
+        metrics["ood"] = fit_ood(model, splits["train"], results, args.weights)
     artifacts.write_metrics(metrics, args.weights)
     print(format_table(metrics))
 
