@@ -9,8 +9,7 @@ from pneumo import metrics as m
 st.title("Threshold explorer")
 ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
 st.caption("Every chart follows the threshold in the sidebar. Moving it trades missed pneumonia "
-           "(false negatives) against false alarms (false positives). The recommended and "
-           "high-sensitivity thresholds were chosen on the validation split, never on test.")
+           "(false negatives) against false alarms (false positives). " + ui.presets_origin())
 
 presets = ui.thresholds()
 cols = st.columns(len(presets) + 1)
@@ -41,16 +40,16 @@ st.caption(f"At threshold {threshold:.3f}: {counts['fn']} of {counts['fn'] + cou
            "images falsely flagged.")
 
 left, right = st.columns([1.6, 1])
-left.plotly_chart(charts.recall_vs_threshold(y, p, threshold), width="stretch")
-right.plotly_chart(charts.recall_bars(y, p, threshold), width="stretch")
+left.plotly_chart(charts.recall_vs_threshold(y, p, threshold, at), width="stretch")
+right.plotly_chart(charts.recall_bars(at, threshold), width="stretch")
 
 left, right = st.columns(2)
 left.plotly_chart(charts.confusion_matrix(counts), width="stretch")
 right.plotly_chart(charts.probability_histogram(y, p, threshold), width="stretch")
 
 left, right = st.columns(2)
-left.plotly_chart(charts.roc(y, p, threshold), width="stretch")
-right.plotly_chart(charts.precision_recall(y, p, threshold), width="stretch")
+left.plotly_chart(charts.roc(y, p, threshold, at), width="stretch")
+right.plotly_chart(charts.precision_recall(y, p, threshold, at), width="stretch")
 
 if data["subtype"] is not None:  # the site sample has no subtypes
     subtypes = {s: p[(data["subtype"] == s)] for s in ("bacteria", "virus")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from pneumo import config
 from pneumo import metrics as m
 
-NORMAL_COLOUR = "#2e7d5b"
-PNEUMONIA_COLOUR = "#c0392b"
+NORMAL_COLOUR = config.CLASS_COLOURS["NORMAL"]
+PNEUMONIA_COLOUR = config.CLASS_COLOURS["PNEUMONIA"]
 NEUTRAL_COLOUR = "#1f5f8b"
 THRESHOLD_COLOUR = "#555555"
 _FONT = {"size": 14}
@@ -24,8 +25,11 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 370) -> go
     return fig
 
 
-def recall_vs_threshold(labels, probs, threshold: float) -> go.Figure:
-    """NORMAL recall (specificity) and PNEUMONIA recall (sensitivity) across thresholds."""
+def recall_vs_threshold(labels, probs, threshold: float, at: dict[str, float]) -> go.Figure:
+    """NORMAL recall (specificity) and PNEUMONIA recall (sensitivity) across thresholds.
+
+    ``at``: :func:`pneumo.metrics.rates` at ``threshold`` (computed once by the page).
+    """
     grid = np.linspace(0, 1, 201)
     c = m.recall_curves(labels, probs, grid)
     fig = go.Figure()
@@ -33,7 +37,6 @@ def recall_vs_threshold(labels, probs, threshold: float) -> go.Figure:
                     line={"color": PNEUMONIA_COLOUR, "width": 3})
     fig.add_scatter(x=grid, y=c["specificity"], name="NORMAL recall (specificity)",
                     line={"color": NORMAL_COLOUR, "width": 3})
-    at = m.metrics_at(labels, probs, threshold)
     fig.add_vline(x=threshold, line={"color": THRESHOLD_COLOUR, "dash": "dash"},
                   annotation_text=f"threshold {threshold:.3f}", annotation_position="top")
     fig.add_scatter(x=[threshold, threshold], y=[at["sensitivity"], at["specificity"]],
@@ -46,9 +49,8 @@ def recall_vs_threshold(labels, probs, threshold: float) -> go.Figure:
                    "Recall")
 
 
-def recall_bars(labels, probs, threshold: float) -> go.Figure:
-    """Per-class recall at the current threshold as two bars."""
-    at = m.metrics_at(labels, probs, threshold)
+def recall_bars(at: dict[str, float], threshold: float) -> go.Figure:
+    """Per-class recall at the current threshold (``at``: its rates) as two bars."""
     values = [at["specificity"], at["sensitivity"]]
     fig = go.Figure(go.Bar(
         x=["NORMAL recall<br>(specificity)", "PNEUMONIA recall<br>(sensitivity)"], y=values,
@@ -74,10 +76,9 @@ def confusion_matrix(counts: dict[str, int]) -> go.Figure:
     return _layout(fig, "Confusion matrix", "", "", height=340)
 
 
-def roc(labels, probs, threshold: float) -> go.Figure:
-    """ROC curve with the operating point at ``threshold``."""
+def roc(labels, probs, threshold: float, at: dict[str, float]) -> go.Figure:
+    """ROC curve with the operating point at ``threshold`` (``at``: its rates)."""
     c = m.roc_curve(labels, probs)
-    at = m.metrics_at(labels, probs, threshold)
     fig = go.Figure()
     fig.add_scatter(x=c["fpr"], y=c["tpr"], name=f"ROC (AUC {m.roc_auc(labels, probs):.3f})",
                     line={"color": NEUTRAL_COLOUR, "width": 3})
@@ -91,10 +92,9 @@ def roc(labels, probs, threshold: float) -> go.Figure:
                    "Sensitivity")
 
 
-def precision_recall(labels, probs, threshold: float) -> go.Figure:
-    """Precision-recall curve with the operating point at ``threshold``."""
+def precision_recall(labels, probs, threshold: float, at: dict[str, float]) -> go.Figure:
+    """Precision-recall curve with the operating point at ``threshold`` (``at``: its rates)."""
     c = m.precision_recall_curve(labels, probs)
-    at = m.metrics_at(labels, probs, threshold)
     prevalence = float(np.mean(labels))
     fig = go.Figure()
     fig.add_scatter(x=c["recall"], y=c["precision"], name="precision-recall",
@@ -128,7 +128,7 @@ def subtype_recall(probs_by_subtype: dict[str, np.ndarray], threshold: float) ->
     names, values, counts = [], [], []
     for subtype, p in probs_by_subtype.items():
         names.append(subtype.capitalize())
-        values.append(float(np.mean(np.asarray(p) >= threshold)) if len(p) else float("nan"))
+        values.append(float(np.mean(m.flagged(p, threshold))) if len(p) else float("nan"))
         counts.append(len(p))
     fig = go.Figure(go.Bar(
         x=names, y=values, marker_color=["#a93226", "#e67e22"][: len(names)],

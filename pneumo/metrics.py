@@ -84,10 +84,18 @@ def log_loss(labels, probabilities, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def flagged(probabilities, threshold: float) -> np.ndarray:
+    """The decision rule, the only copy: PNEUMONIA when the probability reaches the threshold.
+
+    Vectorised; a scalar probability gives a 0-d boolean array (use ``bool(...)``).
+    """
+    return np.asarray(probabilities, dtype="float64") >= threshold
+
+
 def confusion(labels, scores, threshold: float) -> dict[str, int]:
-    """Counts with the rule 'PNEUMONIA when probability >= threshold'."""
+    """Counts with the decision rule (:func:`flagged`)."""
     y, p = _arrays(labels, scores)
-    pred = p >= threshold
+    pred = flagged(p, threshold)
     return {
         "tp": int(np.sum(pred & (y == 1))),
         "fn": int(np.sum(~pred & (y == 1))),
@@ -123,7 +131,7 @@ def recall_curves(labels, scores, thresholds) -> dict[str, np.ndarray]:
     y, p = _arrays(labels, scores)
     t = np.asarray(thresholds, dtype="float64")
     pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
-    # number of scores below each threshold (predicted NORMAL)
+    # number of scores below each threshold: predicted NORMAL by :func:`flagged`'s rule
     pos_below = np.searchsorted(pos, t, side="left")
     neg_below = np.searchsorted(neg, t, side="left")
     return {
@@ -146,8 +154,8 @@ def precision_recall_curve(labels, scores) -> dict[str, np.ndarray]:
     """Precision and recall at every distinct score, highest threshold first."""
     y, p = _arrays(labels, scores)
     thresholds = np.unique(p)[::-1]
-    tp = np.array([np.sum((p >= t) & (y == 1)) for t in thresholds], dtype="float64")
-    predicted = np.array([np.sum(p >= t) for t in thresholds], dtype="float64")
+    tp = np.array([np.sum(flagged(p, t) & (y == 1)) for t in thresholds], dtype="float64")
+    predicted = np.array([np.sum(flagged(p, t)) for t in thresholds], dtype="float64")
     return {"precision": tp / np.maximum(predicted, 1), "recall": tp / max(int(y.sum()), 1),
             "threshold": thresholds}
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo.images import decode_image, load_image
+from pneumo.metrics import flagged
 
 CROP_FRACTION = 0.05  # of the width (height) cut from the left and right (top and bottom)
 
@@ -90,12 +91,13 @@ def probabilities(predictor, files: Sequence[bytes],
 
 
 def summarize(base: np.ndarray, changed: np.ndarray, threshold: float) -> dict[str, float]:
-    """Decision flips at ``threshold`` (p >= threshold is PNEUMONIA) and |dp| figures, dp = changed - base."""
+    """Decision flips at ``threshold`` (:func:`pneumo.metrics.flagged`) and |dp| figures,
+    dp = changed - base."""
     base, changed = np.asarray(base, dtype=np.float64), np.asarray(changed, dtype=np.float64)
     if base.shape != changed.shape or base.size == 0:
         raise ValueError("summarize needs two probability arrays of the same, non-zero length")
     dp = changed - base
-    flips = int(np.count_nonzero((base >= threshold) != (changed >= threshold)))
+    flips = int(np.count_nonzero(flagged(base, threshold) != flagged(changed, threshold)))
     abs_dp = np.abs(dp)
     return {
         "n": int(base.size),
