@@ -20,9 +20,17 @@ import numpy as np
 from pneumo import config
 from pneumo.data import patient_id
 from pneumo.images import load_image
-from pneumo.lungs import resize_mask
 
 FITTING_LICENCES = ("CC BY 3.0", "CC BY 4.0")
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a boolean mask (area-weighted, then at half) to (height, width)."""
+    m = np.asarray(mask, dtype="float32")
+    if m.shape == (height, width):
+        return m >= 0.5
+    interpolation = cv2.INTER_AREA if m.shape[0] > height else cv2.INTER_LINEAR
+    return cv2.resize(m, (width, height), interpolation=interpolation) >= 0.5
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from pneumo import config
+from pneumo.lung_data import resize_mask
 
 NO_LUNGS_WARNING = ("No plausible lung fields were found in this image. It may not be a frontal "
                     "chest X-ray, or it is cut off, rotated or inverted.")
@@ -72,15 +73,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
-
-
-def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize a boolean mask (area-weighted, then at half) to (height, width)."""
-    m = np.asarray(mask, dtype="float32")
-    if m.shape == (height, width):
-        return m >= 0.5
-    interpolation = cv2.INTER_AREA if m.shape[0] > height else cv2.INTER_LINEAR
-    return cv2.resize(m, (width, height), interpolation=interpolation) >= 0.5
 
 
 @dataclass(frozen=True)

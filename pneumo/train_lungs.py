@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from pneumo import config
-from pneumo.lung_data import fingerprint, load_pairs, read_pairs, split_for_fitting
-from pneumo.lungs import build_segmenter, clean_mask, dice, resize_mask
+from pneumo.lung_data import fingerprint, load_pairs, read_pairs, resize_mask, split_for_fitting
+from pneumo.lungs import build_segmenter, clean_mask, dice
 
 
 def geometric_augmentation() -> keras.Sequential:
