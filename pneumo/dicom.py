@@ -42,7 +42,6 @@ from pneumo.images import (
     _stretch,
     check_decode_memory,
     decode_peak_bytes,
-    gray_to_rgb,
     map_row_blocks,
     reduction_factor,
     row_blocks,
@@ -167,7 +166,7 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
         del pixels
         if photometric == "MONOCHROME1":
             gray = 255 - gray  # MONOCHROME1: the minimum value is shown white
-        return DecodedImage(gray_to_rgb(gray), notes)
+        return DecodedImage(gray, notes)
     if pixels.ndim == 2 and photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 

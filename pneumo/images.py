@@ -54,11 +54,29 @@ class ImageError(ValueError):
 
 @dataclass
 class DecodedImage:
-    """A decoded image at its own resolution (reduced above ``config.DECODE_MAX_PIXELS``), RGB
-    uint8, with notes for the reader."""
+    """A decoded image at its own resolution (reduced above ``config.DECODE_MAX_PIXELS``), with
+    notes for the reader.
 
-    rgb: np.ndarray
+    ``pixels`` is (h, w) uint8 for a greyscale image (kept in grey: resizing one channel is a third
+    of the work, and :func:`to_model_input` / :func:`as_rgb` repeat it after the resize) or
+    (h, w, 3) RGB uint8; ``rgb`` is always (h, w, 3). ``full_size`` is the (height, width) the
+    image has without a ``max_side`` hint (:func:`decode_image`); the pixels may be smaller when
+    the hint let the JPEG decoder reduce.
+    """
+
+    pixels: np.ndarray
     notes: list[str] = field(default_factory=list)
+    full_size: tuple[int, int] | None = None
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """(h, w, 3) RGB uint8 (a grey image repeated to three channels)."""
+        return as_rgb(self.pixels)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of ``pixels``."""
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
 def is_dicom(data: bytes) -> bool:
@@ -66,11 +84,18 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def decode_image(data: bytes) -> DecodedImage:
-    """Decode file bytes to an RGB uint8 array, or raise :class:`ImageError`.
+def decode_image(data: bytes, max_side: int | None = None) -> DecodedImage:
+    """Decode file bytes to grey or RGB uint8 pixels, or raise :class:`ImageError`.
 
     Full resolution up to ``config.DECODE_MAX_PIXELS``; larger images come reduced by an integer
     factor per side (see the module's note on memory).
+
+    ``max_side``: the caller shrinks the image to at most this many pixels on its long side (and
+    to ``config.IMAGE_SIZE`` on its short side) anyway. A JPEG at least twice that size is then
+    decoded reduced by the JPEG decoder itself (1/2, 1/4 or 1/8 scale, ``draft``), keeping at
+    least ``max_side`` and ``config.IMAGE_SIZE`` pixels: several times faster, and within a few
+    grey levels of the full decode after the caller's resize (``tests/test_images.py`` measures
+    by how much). Other formats are decoded as without the hint.
     """
     try:
         data = _as_bytes(data)
@@ -90,7 +115,7 @@ def decode_image(data: bytes) -> DecodedImage:
 
             decoded = decode_dicom(data, bare=True)
         else:
-            decoded = _decode_raster(data)
+            decoded = _decode_raster(data, max_side)
         return _checked(decoded)
     except ImageError:
         raise
@@ -111,23 +136,27 @@ def _as_bytes(data) -> bytes:
 
 
 def _checked(decoded: DecodedImage) -> DecodedImage:
-    """The promise to callers: C-contiguous, writable (h, w, 3) uint8 within the size limits."""
-    rgb = decoded.rgb
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+    """The promise to callers: C-contiguous, writable (h, w) or (h, w, 3) uint8 within the size
+    limits, and ``full_size`` set."""
+    pixels = decoded.pixels
+    if not ((pixels.ndim == 3 and pixels.shape[2] == 3) or pixels.ndim == 2) or pixels.dtype != np.uint8:
         raise ImageError(f"pneumo could not convert this image to RGB. {_TRY_AGAIN}")
-    _check_size(rgb.shape[1], rgb.shape[0])
-    if not (rgb.flags.c_contiguous and rgb.flags.writeable):
-        rgb = np.array(rgb, dtype=np.uint8, order="C")
+    full_size = decoded.full_size or (int(pixels.shape[0]), int(pixels.shape[1]))
+    _check_size(full_size[1], full_size[0])
+    if not (pixels.flags.c_contiguous and pixels.flags.writeable):
+        pixels = np.array(pixels, dtype=np.uint8, order="C")
     notes = list(decoded.notes)
-    if rgb.size and int(rgb.min()) == int(rgb.max()):
-        notes.append("The image is blank (every pixel has the same value); check the export.")
-    return DecodedImage(rgb, notes)
+    if pixels.size:
+        lo, hi = cv2.minMaxLoc(pixels.reshape(pixels.shape[0], -1))[:2]
+        if lo == hi:
+            notes.append("The image is blank (every pixel has the same value); check the export.")
+    return DecodedImage(pixels, notes, full_size)
 
 
 # --- raster formats (PIL) ---------------------------------------------------------------------
 
 
-def _decode_raster(data: bytes) -> DecodedImage:
+def _decode_raster(data: bytes, max_side: int | None = None) -> DecodedImage:
     notes: list[str] = []
     # Never pad a truncated file with grey, whatever another module may have set.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -144,7 +173,8 @@ def _decode_raster(data: bytes) -> DecodedImage:
                 notes.append(f"The file holds {frames} frames/pages; only the first was read.")
                 img.seek(0)
                 _check_size(*img.size)
-            factor = _plan_raster(img, data)  # from the header: may refuse, or ask the JPEG decoder to reduce
+            # from the header: may refuse, or ask the JPEG decoder to reduce
+            factor, full_size = _plan_raster(img, data, max_side)
             img.load()
             orientation = _exif_orientation(img, notes)
     except ImageError:
@@ -167,8 +197,9 @@ def _decode_raster(data: bytes) -> DecodedImage:
         pixels = _to_uint8(img, factor, notes)
     finally:
         img.close()  # frees the decoder's full-size copy before the RGB one is made
-    return DecodedImage(gray_to_rgb(_orient(pixels, orientation)) if pixels.ndim == 2
-                        else np.ascontiguousarray(_orient(pixels, orientation)), notes)
+    if orientation in (5, 6, 7, 8):
+        full_size = full_size[::-1]
+    return DecodedImage(np.ascontiguousarray(_orient(pixels, orientation)), notes, full_size)
 
 
 def _exif_orientation(img: Image.Image, notes: list[str]) -> int:
@@ -205,6 +236,8 @@ def _to_uint8(img: Image.Image, factor: int, notes: list[str]) -> np.ndarray:
         value_range = _finite_range(np.asarray(img.crop((0, rows.start, width, rows.stop)))
                                     for rows in row_blocks(img.size[1], width))
         return _reduce_strips(img, factor, lambda s: _stretch(np.asarray(s), value_range))
+    if mode == "L" and factor == 1:
+        return np.asarray(img)  # one copy of the decoder's pixels, nothing else
     if mode in ("1", "L"):
         return _reduce_strips(img, factor, lambda s: np.asarray(s.convert("L"), dtype=np.uint8))
     alpha = mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info)
@@ -351,15 +384,49 @@ def _finite_range(blocks: Iterable[np.ndarray]) -> tuple[float, float] | None:
 
 
 def _stretch(values: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
-    """Map ``value_range`` linearly onto 0-255 (non-finite values as :func:`scale_to_uint8` says)."""
-    values = np.asarray(values, dtype=np.float64)
+    """Map ``value_range`` linearly onto 0-255 (non-finite values as :func:`scale_to_uint8` says).
+
+    Integers of at most 16 bits go through a lookup table of every value they can hold, made with
+    the float arithmetic below (so the result is the same to the bit), without a float copy of the
+    pixels.
+    """
+    values = np.asarray(values)
     if value_range is None or value_range[1] <= value_range[0]:
         return np.zeros(values.shape, dtype=np.uint8)
+    table = _stretch_table(values.dtype, *value_range)
+    if table is not None:
+        lut, unsigned = table
+        return np.take(lut, values if unsigned is None else values.view(unsigned))
+    values = np.asarray(values, dtype=np.float64)
     lo, hi = value_range
     if not np.isfinite(values).all():
         values = np.nan_to_num(values, nan=lo, posinf=hi, neginf=lo)
     out = (values - lo) * (255.0 / (hi - lo))
     return np.clip(np.round(out, out=out), 0, 255, out=out).astype(np.uint8)
+
+
+_TABLES: dict[tuple, tuple[np.ndarray, np.dtype | None]] = {}
+
+
+def _stretch_table(dtype: np.dtype, lo: float, hi: float) -> tuple[np.ndarray, np.dtype | None] | None:
+    """For an integer ``dtype`` of 8 or 16 bits: a uint8 table of ``_stretch`` over every value it
+    can hold, indexed by the value's bits read as unsigned, and the unsigned dtype to read a signed
+    array through (None for unsigned ones)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu" or dtype.itemsize > 2:
+        return None
+    key = (dtype.kind, dtype.itemsize, lo, hi)
+    table = _TABLES.get(key)
+    if table is None:
+        every = np.arange(1 << (8 * dtype.itemsize), dtype=np.uint32).astype(f"u{dtype.itemsize}")
+        values = (every.view(f"i{dtype.itemsize}") if dtype.kind == "i" else every).astype(np.float64)
+        out = (values - lo) * (255.0 / (hi - lo))
+        lut = np.clip(np.round(out, out=out), 0, 255, out=out).astype(np.uint8)
+        if len(_TABLES) >= 16:
+            _TABLES.clear()
+        table = _TABLES[key] = (lut, None if dtype.kind == "u" else dtype)
+    lut, signed = table
+    return lut, (None if signed is None else np.dtype(f"{dtype.byteorder}u{dtype.itemsize}"))
 
 
 # --- memory bound -----------------------------------------------------------------------------
@@ -485,16 +552,30 @@ def _jpeg_has_several_scans(data: bytes) -> bool:
     return False
 
 
-def _plan_raster(img: Image.Image, data: bytes) -> int:
-    """From the header: the reduction factor left to apply after decoding, or an ImageError.
+def _plan_raster(img: Image.Image, data: bytes,
+                 max_side: int | None = None) -> tuple[int, tuple[int, int]]:
+    """From the header: the reduction factor left to apply after decoding and the (height, width)
+    the image is decoded at without a ``max_side`` hint; or an ImageError.
 
     A JPEG larger than ``config.DECODE_MAX_PIXELS`` is asked to decode at 1/2, 1/4 or 1/8 scale
     (``draft``, keeping its mode); other formats decode full size and are reduced as converted.
+    With ``max_side`` (see :func:`decode_image`), a JPEG is asked for the smallest of those scales
+    that keeps its long side at least ``max_side`` and its short side ``config.IMAGE_SIZE``.
     """
     width, height = img.size
     factor = reduction_factor(width, height)
-    if factor > 1 and isinstance(img, JpegImagePlugin.JpegImageFile):
+    scale = 1
+    jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)
+    if factor > 1 and jpeg:
         scale = next((s for s in (2, 4, 8) if s >= factor), 8)
+    full = (-(-width // scale), -(-height // scale))  # the JPEG decoder's size at 1/scale
+    full_factor = reduction_factor(*full)
+    full_size = (full[1] // full_factor, full[0] // full_factor)
+    if jpeg and max_side:
+        long_side, short_side = max(width, height), min(width, height)
+        scale = max([scale] + [s for s in (2, 4, 8) if long_side // s >= max_side
+                               and short_side // s >= config.IMAGE_SIZE])
+    if scale > 1:
         img.draft(img.mode, (width // scale, height // scale))
         factor = reduction_factor(*img.size)
     w, h = img.size
@@ -503,7 +584,7 @@ def _plan_raster(img: Image.Image, data: bytes) -> int:
                              (w // factor) * (h // factor),
                              img.mode in _HIGH_DEPTH_MODES or img.mode in ("1", "L"))
     check_decode_memory(width, height, need, f"{img.format or 'image'}, {img.mode}")
-    return factor
+    return factor, full_size
 
 
 def _reduce_strips(img: Image.Image, factor: int,
@@ -519,30 +600,42 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def to_model_input(rgb: np.ndarray) -> np.ndarray:
-    """Stretch an RGB uint8 image of any size to the model's 224x224x3 uint8 input.
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """(h, w, 3) RGB: a 2-D (greyscale) array repeated to three channels, RGB as it is."""
+    return gray_to_rgb(pixels) if pixels.ndim == 2 else pixels
 
-    A 224x224 RGB uint8 image is returned unchanged; a 2-D (greyscale) array is repeated to RGB.
+
+def to_model_input(rgb: np.ndarray) -> np.ndarray:
+    """Stretch a grey (h, w) or RGB (h, w, 3) uint8 image of any size to the model's 224x224x3
+    uint8 input.
+
+    A 224x224 RGB uint8 image is returned unchanged. A grey image is resized in grey and then
+    repeated to RGB: the same pixels as repeating first (every channel is resized alike), a third
+    of the work.
     """
     rgb = np.asarray(rgb)
-    if rgb.ndim == 2:
-        rgb = gray_to_rgb(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != config.CHANNELS or rgb.dtype != np.uint8:
+    if rgb.dtype != np.uint8 or not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == config.CHANNELS)):
         raise ValueError(f"to_model_input needs an (h, w, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
     size = (config.IMAGE_SIZE, config.IMAGE_SIZE)
     rgb = np.ascontiguousarray(rgb)
-    if rgb.shape[:2] == size:
-        return rgb
-    shrinking = rgb.shape[0] > size[0] or rgb.shape[1] > size[1]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(rgb, size, interpolation=interpolation)
+    if rgb.shape[:2] != size:
+        shrinking = rgb.shape[0] > size[0] or rgb.shape[1] > size[1]
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, size, interpolation=interpolation)
+    return as_rgb(rgb)
+
+
+READ_MAX_SIDE = 768  # the app's display copy (pneumo.reader.DISPLAY_MAX_SIDE): see load_image
 
 
 def load_image(source: bytes | str | Path) -> np.ndarray:
     """File path or bytes -> 224x224x3 uint8 model input. The single preprocessing path.
 
+    Decoded with the app's ``max_side`` hint (:data:`READ_MAX_SIDE`, :func:`decode_image`), so a
+    large JPEG gives exactly the model input the app reads from it.
+
     Raises :class:`ImageError` for a file that is not a readable X-ray, and ``OSError`` when a
     path cannot be read at all.
     """
     data = source if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
-    return to_model_input(decode_image(data).rgb)
+    return to_model_input(decode_image(data, READ_MAX_SIDE).pixels)

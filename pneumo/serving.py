@@ -12,15 +12,24 @@ requests wait; a caller beyond that blocks until there is room.
 
 The model is loaded and warmed up by the worker thread as soon as the queue is created (the
 server's start), so the first upload does not pay for it; ``explain`` waits until it is ready.
+
+:func:`log_reading` is the server-side clock of ``benchmarks/load_test.py``: off unless the
+environment variable :data:`TIMING_LOG_ENV` names a file (the load test sets it for the server
+it starts), it appends one line per reading: an anonymous session number, how many images, and
+when the script run that received them started and when their results were ready. Nothing
+else: no file name, no image bytes, nothing from a file's contents.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -201,3 +210,37 @@ class InferenceQueue:
         for request in batch:
             request.future.set_result(results[start:start + len(request.images)])
             start += len(request.images)
+
+
+# --- the load test's server-side clock ---
+
+TIMING_LOG_ENV = "PNEUMO_TIMING_LOG"  # a file path: log_reading appends to it; unset: off
+_SESSION_KEY = "_pneumo_timing_session"
+_SESSIONS = itertools.count(1)
+_TIMING_LOCK = threading.Lock()
+
+
+def timing_enabled() -> bool:
+    return bool(os.environ.get(TIMING_LOG_ENV))
+
+
+def log_reading(session_state: MutableMapping, images: int, started: float,
+                finished: float | None = None) -> None:
+    """Append ``{"session", "images", "start", "end"}`` (``time.monotonic()`` seconds) to the file
+    named by :data:`TIMING_LOG_ENV`; nothing at all when it is unset.
+
+    ``session_state`` (Streamlit's, per browser session) only keeps the session's number, drawn
+    from a counter the first time that session logs.
+    """
+    path = os.environ.get(TIMING_LOG_ENV)
+    if not path:
+        return
+    finished = time.monotonic() if finished is None else finished
+    with _TIMING_LOCK:
+        number = session_state.get(_SESSION_KEY)
+        if not isinstance(number, int):
+            number = session_state[_SESSION_KEY] = next(_SESSIONS)
+        record = {"session": number, "images": int(images), "start": round(float(started), 4),
+                  "end": round(float(finished), 4)}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

@@ -38,7 +38,11 @@ def test_quick_benchmark_writes_every_row(tmp_path, monkeypatch, bundled_model_d
         assert row["ratio"] > 0
     targets = {row["name"]: row["target"] for row in results["rows"] if row["met"] is not None}
     assert set(targets) == {"prediction, 1 image", "prediction, batch of 3",
-                            "batch of 3 files with CAMs, end to end", "cold start to model ready"}
+                            "batch of 3 files with CAMs, end to end", "cold start to model ready",
+                            "decode + preprocess, 2000x2000 16-bit PNG",
+                            "decode + preprocess, 2000x2500 JPEG"}
+    assert results["end_to_end_parts_ms"] and all(
+        ms > 0 for ms in results["end_to_end_parts_ms"].values())
     assert results["machine"]["runtime"] in ("openvino", "keras")
     agreement = results["agreement"]
     if agreement is not None:  # the shared test set is here: the runtime agrees with Keras

@@ -332,7 +332,7 @@ def test_no_header_value_reaches_notes_messages_logs_or_warnings(make, caplog):
         try:
             decoded = decode_image(data)
             said += decoded.notes + [repr(decoded.notes)]
-            assert set(vars(decoded)) == {"rgb", "notes"}
+            assert set(vars(decoded)) == {"pixels", "notes", "full_size"}  # no header values
         except ImageError as err:
             said.append(str(err))
             cause = err.__cause__

@@ -143,3 +143,29 @@ def test_files_decode_in_parallel_in_their_order():
         (200 + 10 * i, 200 + 10 * i) for i in range(6)]
     assert steps == [f"Decoding {n}" for n, _ in files]
     assert reader._decode_pool()._max_workers == config.DECODE_WORKERS >= 1
+
+
+def test_timing_log_is_off_unless_asked_and_holds_only_numbers(tmp_path, monkeypatch):
+    """The load test's server-side clock: nothing written without PNEUMO_TIMING_LOG; with it,
+    one line per reading with an anonymous session number, an image count and two times."""
+    import json
+
+    from pneumo import serving
+
+    log = tmp_path / "timing.jsonl"
+    monkeypatch.delenv(serving.TIMING_LOG_ENV, raising=False)
+    state: dict = {}
+    serving.log_reading(state, 3, 1.0, 2.0)
+    assert not log.exists() and state == {} and not serving.timing_enabled()
+
+    monkeypatch.setenv(serving.TIMING_LOG_ENV, str(log))
+    other: dict = {}
+    serving.log_reading(state, 3, 1.0, 2.5)
+    serving.log_reading(other, 2, 1.5, 3.0)
+    serving.log_reading(state, 1, 4.0, 4.5)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [set(r) for r in records] == [{"session", "images", "start", "end"}] * 3
+    assert all(isinstance(v, (int, float)) for r in records for v in r.values())
+    first, second, again = (r["session"] for r in records)
+    assert first == again != second  # one number per session, the same for its later readings
+    assert [r["images"] for r in records] == [3, 2, 1]
