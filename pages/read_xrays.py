@@ -1,16 +1,14 @@
 """Read X-rays: upload, probability, decision at the shared threshold, Grad-CAM overlay."""
 
-from dataclasses import replace
+import time
 
 import streamlit as st
 
-from pneumo import quality, reader, ui, wording
+from pneumo import quality, reader, serving, ui, wording
 from pneumo.explain import METHODS, colour_scale
 from pneumo.images import SUPPORTED_EXTENSIONS
 
-READINGS_KEY = "readings"  # digest -> Reading, for the files currently uploaded
-CORRECTED_KEY = "corrected_readings"  # digest -> Reading of the copy pneumo turned / inverted
-
+run_started = time.monotonic()  # the load test's server-side clock (serving.log_reading)
 st.title("Read X-rays")
 ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
 st.caption("Drop one or more chest X-rays. Each gets a calibrated probability of pneumonia, the "
@@ -27,29 +25,9 @@ checker = ui.quality_checker()  # without weights/quality.keras: low resolution 
 if not checker.available and checker.notice:
     st.caption(checker.notice)
 
-cache: dict = st.session_state.setdefault(READINGS_KEY, {})
-files = [(u.name, u.getvalue()) for u in uploads or []]
-digests = [reader.digest_of(data) for _, data in files]
-new = [(f, d) for f, d in zip(files, digests) if d not in cache]
-if new:
-    with st.status(f"Reading {len(new)} image(s)...", expanded=False) as status:
-        bar = st.progress(0.0)
-        results = reader.read_batch(
-            [f for f, _ in new], ui.explainer(), ood_check=ui.ood_detector(),
-            progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
-            segmenter=segmenter, quality_checker=checker)
-        for reading in results:
-            cache[reading.digest] = reading
-        status.update(label=f"Read {len(new)} image(s)", state="complete")
-# forget what is no longer uploaded
-corrected: dict = st.session_state.setdefault(CORRECTED_KEY, {})
-for store in (cache, corrected):
-    for digest in [d for d in store if d not in digests]:
-        del store[digest]
-# one card per upload, even when the same bytes come twice under different names
-readings = [cache[d] if cache[d].name == name else replace(cache[d], name=name)
-            for (name, _), d in zip(files, digests)]
-readings = [ui.site_reading(r) for r in readings]  # site-calibrated when a site file is in use
+readings = ui.read_uploads(  # one card per upload; site-calibrated when a site file is in use
+    uploads, segmenter, checker,
+    on_read=lambda n: serving.log_reading(st.session_state, n, run_started))  # off unless load-testing
 
 if not readings:
     st.info("No images yet. Drag chest X-rays onto the box above, or click *Upload*.")
@@ -76,14 +54,20 @@ for r in errors:
 good = sorted((r for r in readings if r.ok), key=lambda r: r.probability, reverse=True)
 if len(readings) > 1:
     st.subheader("Worklist")
-    rows = reader.worklist_rows(readings, threshold)
+    rows = reader.worklist_rows(ui.current_readings(readings), threshold, ui.site_name())
     st.dataframe(
         rows, hide_index=True, width="stretch",
+        column_order=["file", "probability", "decision", "threshold", "gradcam_in_lungs",
+                      "corrected", "warning"],
         column_config={
-            "file": "File", "probability": "P(pneumonia)", "probability_pneumonia": None,
-            "decision": "Decision", "threshold": "Threshold", "warning": "Warnings",
+            "file": "File", "probability": "P(pneumonia)", "decision": "Decision",
+            "threshold": "Threshold",
+            "gradcam_in_lungs": st.column_config.NumberColumn("Grad-CAM in lungs", format="percent"),
+            "corrected": "Corrected by pneumo", "warning": "Warnings",
         },
     )
+    st.caption("A corrected copy's reading replaces the file's own once it has been asked for. "
+               "The CSV has the batch command's columns (`python -m pneumo.predict`).")
     st.download_button("Download worklist (CSV)", ui.rows_to_csv(rows), "pneumo_worklist.csv",
                        "text/csv", on_click="ignore", icon=":material/download:")
 
@@ -144,21 +128,17 @@ for r in good:
         show_reading(r, key)
         if r.quality is None or r.quality.corrected is None:
             continue
-        if r.digest not in corrected:
+        fixed = ui.corrected_reading(r)
+        if fixed is None:
             codes = r.quality.codes
             if st.button(quality.correction_label(codes), key=f"correct-{key}",
                          icon=":material/rotate_right:", type="primary",
                          help="Reads a copy of the image that pneumo turned or inverted back; "
                               "the file itself is not changed."):
                 with st.spinner("Reading the corrected image..."):
-                    found = reader.read_corrected([r], ui.explainer(),
-                                                  ood_check=ui.ood_detector(),
-                                                  segmenter=segmenter)
-                if found:
-                    corrected[r.digest] = found[0]
-                    st.rerun()  # show it in place of the button
-        if r.digest in corrected:
-            fixed = corrected[r.digest]
+                    if ui.read_corrected(r, segmenter):
+                        st.rerun()  # show it in place of the button
+        else:
             st.markdown("##### Reading of the corrected image")
             st.info(fixed.notes[0], icon=":material/auto_fix_high:")
-            show_reading(ui.site_reading(fixed), f"{key}-corrected")
+            show_reading(fixed, f"{key}-corrected")

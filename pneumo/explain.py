@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from pneumo import config
+from pneumo.metrics import flagged
 
 METHODS = ("Grad-CAM", "Grad-CAM++")
 _EPS = 1e-7  # tf-keras-vis's normalisation epsilon: keras.backend.epsilon() (a test checks it)
@@ -262,7 +263,7 @@ def heatmap_strength(probability: float, threshold: float,
     The map itself is min-max normalised per image, so without this a 5 % image would glow as
     red as a 99 % one.
     """
-    if threshold <= 0 or probability >= threshold:
+    if threshold <= 0 or flagged(probability, threshold):
         return 1.0
     return float(min(1.0, max(floor, probability / threshold)))
 

@@ -24,31 +24,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pneumo import artifacts, config
+from pneumo import artifacts, config, reader
+from pneumo.files import find_images, read_file
 from pneumo.images import SUPPORTED_EXTENSIONS
-from pneumo.reader import Reading, decide
+from pneumo.reader import RESULT_COLUMNS, Reading, result_row
 
-COLUMNS = ("file", "probability_pneumonia", "decision", "threshold", "gradcam_in_lungs",
-           "ood_warning", "lung_warning", "error", "notes", "cam_file", "quality", "corrected",
-           "calibration", "bundled_probability")
-NOT_READ = "NOT READ"
+COLUMNS = RESULT_COLUMNS[:9] + ("cam_file",) + RESULT_COLUMNS[9:]
+NOT_READ = reader.NOT_READ
 CAM_SUFFIX = ".gradcam.png"
-
-
-def find_images(folder: Path, exclude: Path | None = None) -> list[Path]:
-    """Files under ``folder`` (recursively) with a supported extension, sorted by path.
-
-    Files under ``exclude`` (e.g. an overlay folder inside ``folder``) are left out.
-    """
-    exclude = exclude.resolve() if exclude is not None else None
-    found = []
-    for path in folder.rglob("*"):
-        if path.suffix.lower() not in SUPPORTED_EXTENSIONS or not path.is_file():
-            continue
-        if exclude is not None and path.resolve().is_relative_to(exclude):
-            continue
-        found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def default_threshold(weights_dir: Path | None = None) -> float:
@@ -60,18 +43,6 @@ def default_threshold(weights_dir: Path | None = None) -> float:
         print(f"warning: could not read the recommended threshold from {path} ({err}); "
               f"using {config.DEFAULT_THRESHOLD}", file=sys.stderr)
         return config.DEFAULT_THRESHOLD
-
-
-def read_file(path: Path) -> bytes:
-    """The file's bytes; ``OSError`` with a reader-facing message when it can't or shouldn't be read.
-
-    A file above the upload limit is refused from its size, without reading it into memory.
-    """
-    size = path.stat().st_size
-    if size > config.MAX_UPLOAD_MB * 1024 * 1024:
-        raise OSError(f"The file is {size / 2**20:,.0f} MB; pneumo reads files up to "
-                      f"{config.MAX_UPLOAD_MB} MB. Export a smaller copy (one image, PNG or JPEG).")
-    return path.read_bytes()
 
 
 def unreadable(name: str, err: OSError) -> Reading:
@@ -96,38 +67,16 @@ def write_overlay(path: Path, reading: Reading, method: str) -> None:
     Image.fromarray(overlay(reading.display, reading.cams[method])).save(path, format="PNG")
 
 
+CSV_FORMATS = {"probability_pneumonia": "{:.6f}", "threshold": "{:g}",
+               "gradcam_in_lungs": "{:.4f}", "bundled_probability": "{:.6f}"}
+
+
 def csv_row(reading: Reading, threshold: float, cam_file: str = "",
             calibration: str = "") -> dict[str, str]:
-    """One CSV row; numbers as text with fixed precision, empty cells for what doesn't apply.
-
-    ``calibration`` names the site calibration the probability went through (empty: bundled)."""
-    from pneumo.explain import METHODS
-
-    share = reading.lung_share.get(METHODS[0])
-    return {
-        "file": reading.name,
-        "probability_pneumonia": "" if reading.probability is None else f"{reading.probability:.6f}",
-        "decision": decide(reading.probability, threshold) if reading.ok else NOT_READ,
-        "threshold": f"{threshold:g}",
-        "gradcam_in_lungs": "" if share is None else f"{share:.4f}",
-        "ood_warning": reading.ood_warning or "",
-        "lung_warning": reading.lung_warning or "",
-        "error": reading.error or "",
-        "notes": "; ".join(reading.notes),
-        "cam_file": cam_file,
-        "quality": "; ".join(quality_codes(reading)),
-        "corrected": "; ".join(reading.corrected_from),
-        "calibration": calibration if reading.bundled_probability is not None else "",
-        "bundled_probability": "" if reading.bundled_probability is None
-        else f"{reading.bundled_probability:.6f}",
-    }
-
-
-def quality_codes(reading: Reading) -> list[str]:
-    """The quality check's finding codes for the file as found (for a corrected reading: what
-    was undone, then what remains, such as low resolution)."""
-    remaining = reading.quality.codes if reading.quality is not None else []
-    return list(reading.corrected_from) + [c for c in remaining if c not in reading.corrected_from]
+    """:func:`pneumo.reader.result_row` as CSV text: numbers with fixed precision, empty cells
+    for what doesn't apply, and the overlay's path."""
+    row = {**result_row(reading, threshold, calibration), "cam_file": cam_file}
+    return {k: "" if row[k] is None else CSV_FORMATS.get(k, "{}").format(row[k]) for k in COLUMNS}
 
 
 def summary(rows: list[dict[str, str]], threshold: float, out: Path) -> str:
@@ -235,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threshold = artifacts.round_threshold(calibration.recommended)
     else:
         threshold = default_threshold()
-    calibration_name = "" if calibration is None else f"{calibration.site} ({calibration.created})"
+    calibration_name = "" if calibration is None else calibration.label
     if calibration is not None:
         print(f"note: {calibration.banner}; probabilities and the default threshold are the "
               "site's.", file=sys.stderr)
@@ -254,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     detector = ood.load_detector()
     if detector is None:
-        print(f"note: no {ood.OOD_FILE} beside the model; the out-of-distribution check is off.",
+        print(f"note: no {config.OOD_FILE} beside the model; the out-of-distribution check is off.",
               file=sys.stderr)
     segmenter = load_segmenter()
     checker = load_quality_checker()

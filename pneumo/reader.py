@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from pneumo import config
-from pneumo.images import ImageError, decode_image, to_model_input
+from pneumo.images import ImageError, as_rgb, decode_image, to_model_input
+from pneumo.metrics import flagged
 
 if TYPE_CHECKING:
     from pneumo.lungs import LungFields
@@ -84,7 +85,7 @@ class Reading:
 
 def decide(probability: float, threshold: float) -> str:
     """PNEUMONIA when the probability reaches the threshold, else NORMAL."""
-    return config.CLASS_NAMES[1] if probability >= threshold else config.CLASS_NAMES[0]
+    return config.CLASS_NAMES[int(flagged(probability, threshold))]
 
 
 def digest_of(data: bytes) -> str:
@@ -100,14 +101,16 @@ def display_copy(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarra
     return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
 
 
-def decode_file(name: str, data: bytes) -> Reading:
-    """Decode one file; errors become the Reading's message, never an exception."""
-    reading = Reading(name=name, digest=digest_of(data))
+def decode_file(name: str, data: bytes, digest: str | None = None) -> Reading:
+    """Decode one file; errors become the Reading's message, never an exception.
+
+    ``digest``: :func:`digest_of` ``data`` when the caller has it already (hashed once)."""
+    reading = Reading(name=name, digest=digest or digest_of(data))
     try:
-        decoded = decode_image(data)
-        reading.original_size = (int(decoded.rgb.shape[0]), int(decoded.rgb.shape[1]))
-        reading.display = display_copy(decoded.rgb)
-        reading.model_input = to_model_input(decoded.rgb)
+        decoded = decode_image(data, DISPLAY_MAX_SIDE)  # grey stays grey until resized
+        reading.original_size = decoded.full_size
+        reading.display = as_rgb(display_copy(decoded.pixels))
+        reading.model_input = to_model_input(decoded.pixels)
         reading.notes = list(decoded.notes)
     except ImageError as err:
         reading.error = str(err)
@@ -135,12 +138,14 @@ def _decode_pool() -> ThreadPoolExecutor:
 
 
 def decode_files(files: list[tuple[str, bytes]], progress: ProgressCallback | None = None,
-                 share: float = 0.3) -> list[Reading]:
+                 share: float = 0.3, digests: list[str] | None = None) -> list[Reading]:
     """:func:`decode_file` for every file, in parallel on the shared decoding threads; in order.
 
     ``progress`` is called from the calling thread (Streamlit needs that), up to ``share``.
     """
-    futures = [_decode_pool().submit(decode_file, name, data) for name, data in files]
+    digests = digests if digests is not None else [None] * len(files)
+    futures = [_decode_pool().submit(decode_file, name, data, digest)
+               for (name, data), digest in zip(files, digests)]
     readings = []
     for i, ((name, _), future) in enumerate(zip(files, futures)):
         if progress:
@@ -213,14 +218,16 @@ def read_batch(
     batch_size: int = 16,
     segmenter=None,
     quality_checker=None,
+    digests: list[str] | None = None,
 ) -> list[Reading]:
     """Decode every file, then run probability + CAMs (and lung fields, given a segmenter:
     ``segmenter.fields(images)`` -> one ``LungFields`` per image; and the quality report, given
     a checker: ``quality_checker.check(images, original_sizes)`` -> one ``QualityReport`` per
     image) for all readable ones in batches. The OOD check runs last, so it can take the quality
     report into account (a small original is not called "not a chest X-ray" for its smoothness).
+    ``digests``: the files' :func:`digest_of`, when the caller has hashed them already.
     """
-    readings = decode_files(list(files), progress)
+    readings = decode_files(list(files), progress, digests=digests)
     good = [r for r in readings if r.error is None]
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
@@ -299,23 +306,58 @@ def read_corrected(
     return out
 
 
-def worklist_rows(readings: list[Reading], threshold: float) -> list[dict]:
-    """Table rows, highest probability first; unreadable files last.
+NOT_READ = "NOT READ"
+RESULT_COLUMNS = ("file", "probability_pneumonia", "decision", "threshold", "gradcam_in_lungs",
+                  "ood_warning", "lung_warning", "error", "notes", "quality", "corrected",
+                  "calibration", "bundled_probability")
 
-    ``probability`` is the text a person reads (:func:`pneumo.wording.probability_text`);
-    ``probability_pneumonia`` keeps the number for the CSV and for sorting.
+
+def quality_codes(reading: Reading) -> list[str]:
+    """The quality check's finding codes for the file as found (for a corrected reading: what
+    was undone, then what remains, such as low resolution)."""
+    remaining = reading.quality.codes if reading.quality is not None else []
+    return list(reading.corrected_from) + [c for c in remaining if c not in reading.corrected_from]
+
+
+def result_row(reading: Reading, threshold: float, calibration: str = "") -> dict:
+    """The one row format of a result (:data:`RESULT_COLUMNS`), for the CLI's CSV and the
+    app's worklist alike: numbers stay numbers (None where they don't apply), text is text.
+
+    ``calibration`` names the site calibration the probability went through ("": bundled).
     """
+    from pneumo.explain import METHODS
+
+    return {
+        "file": reading.name,
+        "probability_pneumonia": reading.probability,
+        "decision": decide(reading.probability, threshold) if reading.ok else NOT_READ,
+        "threshold": threshold,
+        "gradcam_in_lungs": reading.lung_share.get(METHODS[0]),
+        "ood_warning": reading.ood_warning or "",
+        "lung_warning": reading.lung_warning or "",
+        "error": reading.error or "",
+        "notes": "; ".join(reading.notes),
+        "quality": "; ".join(quality_codes(reading)),
+        "corrected": "; ".join(reading.corrected_from),
+        "calibration": calibration if reading.bundled_probability is not None else "",
+        "bundled_probability": reading.bundled_probability,
+    }
+
+
+def worklist_rows(readings: list[Reading], threshold: float, calibration: str = "") -> list[dict]:
+    """:func:`result_row` per reading for the app's table, highest probability first and
+    unreadable files last, plus ``probability`` (the text a person reads,
+    :func:`pneumo.wording.probability_text`) and ``warning`` (every warning, joined).
+    Numbers are rounded for the table (probabilities 4 decimals, the threshold 3)."""
     from pneumo.wording import probability_text
 
     rows = []
     for r in readings:
-        rows.append({
-            "file": r.name,
-            "probability": probability_text(r.probability),
-            "probability_pneumonia": None if r.probability is None else round(r.probability, 4),
-            "decision": decide(r.probability, threshold) if r.ok else "NOT READ",
-            "threshold": round(threshold, 3),
-            "warning": "; ".join(r.warnings),
-        })
+        row = result_row(r, threshold, calibration)
+        for key in ("probability_pneumonia", "gradcam_in_lungs", "bundled_probability"):
+            row[key] = None if row[key] is None else round(row[key], 4)
+        row["threshold"] = round(threshold, 3)
+        rows.append({"file": row.pop("file"), "probability": probability_text(r.probability),
+                     **row, "warning": "; ".join(r.warnings)})
     return sorted(rows, key=lambda row: -1 if row["probability_pneumonia"] is None
                   else row["probability_pneumonia"], reverse=True)

@@ -151,6 +151,11 @@ class SiteCalibration:
         return round_threshold(self.thresholds["high_sensitivity"])
 
     @property
+    def label(self) -> str:
+        """"Name (DATE)": the calibration column of the CLI's CSV and the app's worklist."""
+        return f"{self.site} ({self.created})"
+
+    @property
     def banner(self) -> str:
         return f"Calibrated for {self.site} on {self.n_images:,} images, {self.created}"
 
@@ -409,7 +414,7 @@ def class_of(parts: Sequence[str]) -> int | None:
 def folder_items(folder: Path) -> list[Item]:
     """The images under ``folder/NORMAL`` and ``folder/PNEUMONIA`` (any case; searched
     recursively), labelled by their folder. :class:`SiteSampleError` without those folders."""
-    from pneumo.predict import find_images, read_file
+    from pneumo.files import find_images, read_file
 
     folder = Path(folder)
     if not folder.is_dir():

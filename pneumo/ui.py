@@ -9,18 +9,19 @@ import csv
 import html
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
 
-from pneumo import artifacts, config, site, wording
+from pneumo import artifacts, config, reader, site, wording
 from pneumo.reader import Reading, decide
 
 THRESHOLD_KEY = "threshold"
 _SLIDER_KEY = "threshold_slider"
 _SITE_KEY = "threshold_site"  # the site calibration the threshold was set under (None: bundled)
-DECISION_COLOURS = {"PNEUMONIA": "#c0392b", "NORMAL": "#2e7d5b"}
+DECISION_COLOURS = config.CLASS_COLOURS
 
 
 def explainer():
@@ -148,6 +149,69 @@ def history() -> dict[str, list] | None:
     return artifacts.read_history()
 
 
+# --- uploads: each file hashed and read once per session ---
+
+READINGS_KEY = "readings"  # digest -> Reading, for the files currently uploaded
+CORRECTED_KEY = "corrected_readings"  # digest -> Reading of the copy pneumo turned / inverted
+
+
+def read_uploads(uploads, segmenter=None, quality_checker=None,
+                 on_read: Callable[[int], None] | None = None) -> list[Reading]:
+    """One reading per uploaded file, in upload order, site-calibrated when a site file is in use.
+
+    Each file is hashed once per run and read once per session (the same bytes under two names
+    are read once and shown twice); the readings of files no longer uploaded, and of their
+    corrected copies, are forgotten. ``on_read(n)`` is called after ``n`` new files were read.
+    """
+    cache: dict = st.session_state.setdefault(READINGS_KEY, {})
+    corrected: dict = st.session_state.setdefault(CORRECTED_KEY, {})
+    files = [(u.name, u.getvalue()) for u in uploads or []]
+    digests = [reader.digest_of(data) for _, data in files]
+    new = {d: f for f, d in zip(files, digests) if d not in cache}
+    if new:
+        with st.status(f"Reading {len(new)} image(s)...", expanded=False) as status:
+            bar = st.progress(0.0)
+            results = reader.read_batch(
+                list(new.values()), explainer(), ood_check=ood_detector(),
+                progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
+                segmenter=segmenter, quality_checker=quality_checker, digests=list(new))
+            for reading in results:
+                cache[reading.digest] = reading
+            if on_read is not None:
+                on_read(len(new))
+            status.update(label=f"Read {len(new)} image(s)", state="complete")
+    kept = set(digests)
+    for store in (cache, corrected):
+        for digest in [d for d in store if d not in kept]:
+            del store[digest]
+    readings = [cache[d] if cache[d].name == name else replace(cache[d], name=name)
+                for (name, _), d in zip(files, digests)]
+    return [site_reading(r) for r in readings]
+
+
+def corrected_reading(reading: Reading) -> Reading | None:
+    """The reading of the copy pneumo turned or inverted back, once asked for (else None)."""
+    found = st.session_state.get(CORRECTED_KEY, {}).get(reading.digest)
+    if found is None:
+        return None
+    return site_reading(found if found.name == reading.name else replace(found, name=reading.name))
+
+
+def read_corrected(reading: Reading, segmenter=None) -> bool:
+    """Read the corrected copy of ``reading`` and keep it; False when there is none."""
+    found = reader.read_corrected([reading], explainer(), ood_check=ood_detector(),
+                                  segmenter=segmenter)
+    if found:
+        st.session_state.setdefault(CORRECTED_KEY, {})[reading.digest] = found[0]
+    return bool(found)
+
+
+def current_readings(readings: list[Reading]) -> list[Reading]:
+    """Each reading, or the reading of its corrected copy when one was asked for: what the
+    worklist and its CSV report."""
+    return [corrected_reading(r) or r for r in readings]
+
+
 # --- site calibration (pneumo.site) ---
 
 def _stamp(path) -> tuple[int, int] | None:
@@ -175,6 +239,12 @@ def _site_status(path: str, stamp, model_stamp) -> site.SiteStatus:
 def active_site() -> site.SiteCalibration | None:
     """The site calibration every page uses, or None (the bundled calibration)."""
     return site_status().calibration
+
+
+def site_name() -> str:
+    """The site calibration's label for result rows ("" with the bundled calibration)."""
+    cal = active_site()
+    return "" if cal is None else cal.label
 
 
 def site_banner() -> None:
@@ -285,6 +355,19 @@ def thresholds() -> dict[str, float]:
         presets[f"Recommended ({t.recommended_shown:.3f})"] = t.recommended_shown
         presets[f"High sensitivity ({t.high_sensitivity_shown:.3f})"] = t.high_sensitivity_shown
     return presets
+
+
+def presets_origin() -> str:
+    """Where the preset thresholds come from, in one sentence."""
+    cal = active_site()
+    centre = ("The training centre's recommended and high-sensitivity thresholds were chosen on "
+              "its validation split, never on test")
+    if cal is None:
+        return centre + "."
+    return (f"{cal.site}'s recommended and high-sensitivity thresholds were chosen on its own "
+            f"sample of {cal.n_images:,} images by the same rules (sensitivity at least "
+            f"{config.RECOMMENDED_SENSITIVITY_TARGET:.0%} and {config.HIGH_SENSITIVITY_TARGET:.0%}); "
+            + centre[0].lower() + centre[1:] + ", shown here on the site's probability scale.")
 
 
 def recommended_threshold() -> float:

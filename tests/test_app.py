@@ -492,3 +492,31 @@ def test_quality_notice_shown_once_when_the_network_is_missing(monkeypatch):
     assert not at.exception, at.exception
     assert [c.value for c in at.caption].count(notice) == 1
     assert len(_shown_texts(at)) == 2
+
+
+def test_worklist_reports_the_corrected_reading_once_asked_for(shared_data):
+    from pneumo import quality
+    from pneumo.images import load_image
+
+    _quality_model()
+    paths = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
+    upright = load_image(paths[0])
+    turned = png_bytes(quality.apply(upright, quality.ROT90))
+    at = _app()
+    at.file_uploader[0].set_value([("turned.png", turned, "image/png"),
+                                   ("other.jpeg", paths[1].read_bytes(), "image/jpeg")]).run()
+    assert not at.exception, at.exception
+
+    def row() -> dict:
+        table = at.dataframe[0].value
+        return table[table["file"] == "turned.png"].iloc[0].to_dict()
+
+    before = row()
+    assert before["corrected"] == "" and quality.MESSAGES[quality.ROT90] in before["warning"]
+    next(b for b in at.button if b.label == "Read it turned the right way").click().run()
+    assert not at.exception, at.exception
+    after = row()
+    assert after["corrected"] == quality.ROT90
+    assert after["probability_pneumonia"] == pytest.approx(
+        _expected_probability(png_bytes(upright)), abs=2e-4)
+    assert quality.MESSAGES[quality.ROT90] not in after["warning"]

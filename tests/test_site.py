@@ -353,6 +353,8 @@ def test_explorer_site_view_and_test_view_on_the_site_scale(site_file):
         c = m.confusion(labels, probs, t)
         assert _caption_counts(at) == (c["fn"], c["fp"])
         assert any("in-sample" in x.value for x in at.caption)
+        assert any(f"{SITE}'s recommended and high-sensitivity thresholds were chosen on its own "
+                   "sample of 100 images" in x.value for x in at.caption)
         assert len(at.get("plotly_chart")) == 6  # no subtype chart for the site sample
         at.radio[0].set_value("Official test set (624 images)").run()
         c = m.confusion(test.label, site_file.apply(test.probability), t)
