@@ -33,19 +33,19 @@ import zlib
 import numpy as np
 
 from pneumo import config
-from pneumo.images import (
+from pneumo.imagebase import (
     DecodedImage,
     ImageError,
-    _check_size,
-    _finite_range,
-    _not_an_image_message,
-    _stretch,
     check_decode_memory,
+    check_size,
     decode_peak_bytes,
+    finite_range,
     map_row_blocks,
+    not_an_image_message,
     reduction_factor,
     row_blocks,
     scale_to_uint8,
+    stretch,
 )
 
 # The only attributes read from a file (SpecificCharacterSet is added by pydicom; the file meta
@@ -112,11 +112,11 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
         raise
     except Exception as err:
         if bare:
-            raise ImageError(_not_an_image_message(data)) from None
+            raise ImageError(not_an_image_message(data)) from None
         raise ImageError(_DAMAGED) from err
     if not has_pixels:
         if bare:
-            raise ImageError(_not_an_image_message(data))
+            raise ImageError(not_an_image_message(data))
         sop_classes = [uid for uid in (ds.get("SOPClassUID"),
                                        ds.file_meta.get("MediaStorageSOPClassUID")) if uid]
         if "Rows" in ds or "Columns" in ds or any("Image Storage" in _uid_name(u) for u in sop_classes):
@@ -137,7 +137,7 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
     rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
     if rows is None or cols is None:
         raise ImageError(_DAMAGED)
-    _check_size(cols, rows)
+    check_size(cols, rows)
     frames = _int(ds.get("NumberOfFrames")) or 1
     _require_decoder(syntax)
     compressed = _is_compressed(syntax)
@@ -387,8 +387,8 @@ def _grey_levels(pixels: np.ndarray, ds, notes: list[str], factor: int = 1) -> n
 
 def _stretched(height: int, row_values: int, factor: int, values_of) -> np.ndarray:
     """:func:`scale_to_uint8` of the values ``values_of(rows)`` gives, one block of rows at a time."""
-    value_range = _finite_range(values_of(rows) for rows in row_blocks(height, row_values))
-    return map_row_blocks(height, row_values, factor, lambda rows: _stretch(values_of(rows), value_range))
+    value_range = finite_range(values_of(rows) for rows in row_blocks(height, row_values))
+    return map_row_blocks(height, row_values, factor, lambda rows: stretch(values_of(rows), value_range))
 
 
 def _frame_attributes(ds) -> dict:
@@ -524,3 +524,31 @@ def _rgb_uint8(pixels: np.ndarray, factor: int = 1, colours=None) -> np.ndarray:
             return pixels
         return map_row_blocks(height, row_values, factor, values_of)
     return _stretched(height, row_values, factor, values_of)
+
+
+# --- detection ----------------------------------------------------------------------------
+
+
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+# Value representations that can follow a tag in explicit-VR DICOM.
+_DICOM_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+    b"UR US UT UV".split()
+)
+
+
+def looks_like_bare_dicom(data: bytes) -> bool:
+    """A DICOM data set without the 128-byte preamble and 'DICM' (old or hand-written files).
+
+    Such files start with a group 0x0002 (file meta) or 0x0008 element, followed by either a VR
+    (explicit VR) or a plausible 4-byte length (implicit VR). No picture format starts that way.
+    """
+    if len(data) < 8 or data[0:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    if data[4:6] in _DICOM_VRS:
+        return True
+    return struct.unpack_from("<I", data, 4)[0] <= min(len(data) - 8, 1024)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pneumo import config
+from pneumo.imagebase import too_big_to_read
 from pneumo.images import SUPPORTED_EXTENSIONS
 
 
@@ -29,8 +29,7 @@ def read_file(path: Path) -> bytes:
 
     A file above the upload limit is refused from its size, without reading it into memory.
     """
-    size = path.stat().st_size
-    if size > config.MAX_UPLOAD_MB * 1024 * 1024:
-        raise OSError(f"The file is {size / 2**20:,.0f} MB; pneumo reads files up to "
-                      f"{config.MAX_UPLOAD_MB} MB. Export a smaller copy (one image, PNG or JPEG).")
+    refusal = too_big_to_read(path.stat().st_size)
+    if refusal:
+        raise OSError(refusal)
     return path.read_bytes()

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from pneumo import config
-from pneumo.images import ImageError, as_rgb, decode_image, to_model_input
+from pneumo.imagebase import ImageError, as_rgb
+from pneumo.images import decode_image, to_model_input
 from pneumo.metrics import flagged
 
 if TYPE_CHECKING:

@@ -43,6 +43,7 @@ import numpy as np
 from pneumo import config
 from pneumo import metrics as m
 from pneumo.artifacts import round_threshold
+from pneumo.imagebase import too_big_to_read
 
 # One file of the local sample: (label 0/1, name to report, a loader giving its bytes).
 Item = tuple[int, str, Callable[[], bytes]]
@@ -470,9 +471,9 @@ def zip_items(data: bytes) -> list[Item]:
 
 
 def _zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    if info.file_size > config.MAX_UPLOAD_MB * 2**20:
-        raise OSError(f"The file is {info.file_size / 2**20:,.0f} MB; pneumo reads files up to "
-                      f"{config.MAX_UPLOAD_MB} MB.")
+    refusal = too_big_to_read(info.file_size)
+    if refusal:
+        raise OSError(refusal)
     try:
         return archive.read(info)
     except (zipfile.BadZipFile, RuntimeError, NotImplementedError, ValueError, EOFError) as err:

@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
 from pneumo import dicom as pneumo_dicom
-from pneumo.images import ImageError, decode_image, load_image, scale_to_uint8
+from pneumo.imagebase import ImageError, scale_to_uint8
+from pneumo.images import decode_image, load_image
 
 RAMP = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (96, 1))  # 96x256: every 16th 12-bit value
 

@@ -14,16 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, features
 
 from pneumo import config
-from pneumo.images import (
-    DecodedImage,
-    ImageError,
-    decode_image,
-    gray_to_rgb,
-    is_dicom,
-    load_image,
-    scale_to_uint8,
-    to_model_input,
-)
+from pneumo.dicom import is_dicom
+from pneumo.imagebase import DecodedImage, ImageError, gray_to_rgb, scale_to_uint8
+from pneumo.images import decode_image, load_image, to_model_input
 
 OK = None  # expectation: decodes; otherwise a phrase the ImageError message must contain
 
@@ -560,7 +553,7 @@ def test_large_jpeg_is_decoded_reduced_by_the_jpeg_decoder(tmp_path):
 
 
 def test_reduction_factor_and_reduce_area():
-    from pneumo.images import reduce_area, reduction_factor
+    from pneumo.imagebase import reduce_area, reduction_factor
 
     assert reduction_factor(5000, 5000) == 1 and reduction_factor(5001, 5000) == 2
     assert reduction_factor(8900, 8900) == 2
@@ -588,7 +581,7 @@ def test_images_within_the_size_limit_decode_exactly_as_before_at_full_size():
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_pil_transpose(orientation):
-    from pneumo.images import _orient
+    from pneumo.raster import _orient
 
     a = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7)
     method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -682,7 +675,7 @@ def _old_stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype", ["<u2", ">u2", "<i2", ">i2", "u1", "i1"])
 def test_stretch_tables_give_the_float_arithmetic_to_the_bit(dtype):
-    from pneumo.images import _stretch
+    from pneumo.imagebase import stretch as _stretch
 
     info = np.iinfo(np.dtype(dtype))
     rng = np.random.default_rng(0)
