@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pneumo import ui
+from pneumo.app import ui
 
 st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
 ui.explainer()  # once per server: starts loading and warming the model in the background

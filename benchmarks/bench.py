@@ -7,15 +7,15 @@ Every timed step reports p50 and p95 in milliseconds after warm-up, for both pat
 
 * decode + preprocess of a real-size radiograph (a 2000x2000 16-bit PNG and a 2000x2500
   JPEG, made here in memory). Naive: PIL open, convert to RGB, ``tf.image.resize``.
-  pneumo: :func:`pneumo.images.load_image`;
+  pneumo: :func:`pneumo.io.images.load_image`;
 * prediction for one image and for a batch. Naive: ``model.predict`` per image (probability
-  only). pneumo: the serving explainer (:func:`pneumo.runtime.load_explainer`: OpenVINO when
+  only). pneumo: the serving explainer (:func:`pneumo.models.runtime.load_explainer`: OpenVINO when
   installed, else Keras), which gives the probability, Grad-CAM, Grad-CAM++ and the pooled
   features from one forward pass, one call for the batch;
 * Grad-CAM and Grad-CAM++ for one image. Naive: a fresh tf-keras-vis object per image
-  (:func:`pneumo.explain.library_cams`). pneumo: the same serving explainer call;
+  (:func:`pneumo.models.explain.library_cams`). pneumo: the same serving explainer call;
 * the batch with CAMs end to end. Naive: per image decode + ``model.predict`` + fresh Grad-CAM.
-  pneumo: :func:`pneumo.reader.read_batch` (both maps, display copy, OOD check);
+  pneumo: :func:`pneumo.reading.reader.read_batch` (both maps, display copy, OOD check);
 * process cold start to model ready, in a fresh subprocess per path, and its peak RSS (pneumo's
   runtime model is already in its cache, as on a server that has run once);
 * the forward-pass runtimes side by side (Keras graph, Keras + XLA, OpenVINO f32, LiteRT f32),
@@ -214,7 +214,7 @@ def naive_predict(model, image: np.ndarray) -> float:
 
 def naive_read(model, files: list[tuple[str, bytes]]) -> list[tuple[str, float, np.ndarray]]:
     """Per file: decode, ``model.predict``, a fresh tf-keras-vis Grad-CAM."""
-    from pneumo.explain import METHODS, library_cams
+    from pneumo.models.explain import METHODS, library_cams
 
     out = []
     for name, data in files:
@@ -233,12 +233,12 @@ def cold_start_child(path: str, model_path: Path) -> None:
     """
     image = np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS), dtype="uint8")
     if path == "pneumo":
-        from pneumo.runtime import load_explainer
+        from pneumo.models.runtime import load_explainer
 
         load_explainer(model_path).explain(image)
     else:
-        from pneumo.explain import METHODS, library_cams
-        from pneumo.model import load_model
+        from pneumo.models.classifier import load_model
+        from pneumo.models.explain import METHODS, library_cams
 
         model = load_model(model_path)
         model.predict(image, verbose=0)
@@ -265,7 +265,7 @@ def cold_start(path: str, model_path: Path) -> tuple[float, float]:
 
 
 def decode_rows(png: bytes, jpeg: bytes, plan: Plan) -> list[Row]:
-    from pneumo.images import load_image
+    from pneumo.io.images import load_image
 
     rows = []
     for label, data in (("decode + preprocess, 2000x2000 16-bit PNG", png),
@@ -298,7 +298,7 @@ def prediction_rows(model, explainer, images: np.ndarray, plan: Plan) -> list[Ro
 
 
 def cam_rows(model, explainer, image: np.ndarray, plan: Plan) -> list[Row]:
-    from pneumo.explain import METHODS, library_cams
+    from pneumo.models.explain import METHODS, library_cams
 
     pneumo = time_ms(lambda: explainer.explain(image), plan.cams, plan.warmup)
     library_cams(model, image[None])  # imports tf-keras-vis; every call builds fresh objects anyway
@@ -311,7 +311,7 @@ def cam_rows(model, explainer, image: np.ndarray, plan: Plan) -> list[Row]:
 
 
 def end_to_end_row(model, explainer, detector, files: list[tuple[str, bytes]], plan: Plan) -> Row:
-    from pneumo.reader import read_batch
+    from pneumo.reading.reader import read_batch
 
     naive = time_ms(lambda: naive_read(model, files), plan.naive_batch_cams)
     pneumo = time_ms(lambda: read_batch(files, explainer, ood_check=detector), plan.batch_cams)
@@ -322,7 +322,7 @@ def end_to_end_row(model, explainer, detector, files: list[tuple[str, bytes]], p
 
 def end_to_end_parts(explainer, detector, files: list[tuple[str, bytes]], plan: Plan) -> dict:
     """Where pneumo's end-to-end time goes: p50 ms of its parts, each timed alone."""
-    from pneumo.reader import decode_files
+    from pneumo.reading.reader import decode_files
 
     readings = decode_files(files)
     images = np.stack([r.model_input for r in readings])
@@ -377,7 +377,7 @@ def tracing_counts(explainer, predictor, sizes: Sequence[int] = TRACING_BATCH_SI
 
 def shared_test_images(n: int) -> np.ndarray | None:
     """``n`` X-rays of the shared test split (evenly spread, all 624 for n >= 624), or None."""
-    from pneumo.images import load_image
+    from pneumo.io.images import load_image
 
     files = sorted(SHARED_TEST.glob("*/*.jpeg"))
     if not files:
@@ -389,7 +389,7 @@ def shared_test_images(n: int) -> np.ndarray | None:
 
 def agreement(model, explainer, images: np.ndarray) -> dict:
     """The serving runtime against Keras on real X-rays: probability and heat-map differences."""
-    from pneumo.explain import METHODS, CamExplainer
+    from pneumo.models.explain import METHODS, CamExplainer
 
     reference = CamExplainer(model).explain(images, batch_size=32)
     ours = explainer.explain(images, batch_size=32)
@@ -419,8 +419,8 @@ def runtime_candidates(model, model_path: Path, images: np.ndarray, plan: Plan) 
     maps need): p50 for 1 image and per image in a batch, and its largest |probability
     difference| from Keras on ``images``; then the closed-form heat maps + pooling on top (numpy,
     the same for every runtime). A candidate that cannot be built here says why."""
-    from pneumo.explain import CamExplainer, Head, explanations
-    from pneumo.runtime import load_explainer
+    from pneumo.models.explain import CamExplainer, Head, explanations
+    from pneumo.models.runtime import load_explainer
 
     x = images.astype("float32")
     reference = model.predict(x, verbose=0).ravel()
@@ -473,11 +473,11 @@ def machine() -> dict:
 
 def run(model_path: Path, plan: Plan, batch_size: int = BATCH_IMAGES) -> dict:
     """Every benchmark, in one process; the results as a JSON-ready dict."""
-    from pneumo import ood
-    from pneumo.explain import CamExplainer
-    from pneumo.images import load_image
-    from pneumo.model import Predictor, load_model
-    from pneumo.runtime import load_explainer
+    from pneumo.io.images import load_image
+    from pneumo.models import ood
+    from pneumo.models.classifier import Predictor, load_model
+    from pneumo.models.explain import CamExplainer
+    from pneumo.models.runtime import load_explainer
 
     info = machine()
     model = load_model(model_path)

@@ -11,7 +11,7 @@ memory. Bounded: every wait has a timeout and the server is stopped at the end.
 
 Two clocks: the browser's (upload started -> every result shown on the page) and the server's
 (the script run that received the upload started -> that session's results ready, logged by
-the server through :func:`pneumo.serving.log_reading`, which this script turns on for the server
+the server through :func:`pneumo.models.serving.log_reading`, which this script turns on for the server
 it starts with ``PNEUMO_TIMING_LOG``; the log holds an anonymous session number, image counts
 and times only, and is deleted at the end). The target (issue 12) is on the server's clock:
 eight headless browsers on the same cores also load the CPU.
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from pneumo.serving import TIMING_LOG_ENV
+    from pneumo.models.serving import TIMING_LOG_ENV
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

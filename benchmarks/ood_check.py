@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pneumo import config, ood, quality  # noqa: E402
-from pneumo.reader import read_batch  # noqa: E402
+from pneumo import config  # noqa: E402
+from pneumo.models import ood, quality  # noqa: E402
+from pneumo.reading.reader import read_batch  # noqa: E402
 
 SKIMAGE_PHOTOS = ["astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass",
                   "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "microaneurysms",
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("ood_results.json"))
     args = parser.parse_args(argv)
 
-    from pneumo.explain import CamExplainer
-    from pneumo.model import load_model
+    from pneumo.models.classifier import load_model
+    from pneumo.models.explain import CamExplainer
 
     detector = ood.load_detector()
     if detector is None:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{kind:<24}{r['n']:>5}{r['flagged'] / max(r['n'], 1):>9.1%}")
     print(f"not chest X-rays: {flagged}/{total} flagged = {flagged / total:.1%} (target >= 95 %)")
     if args.data:
-        from pneumo.data import read_split
+        from pneumo.data.splits import read_split
 
         test = read_split(args.data, "test")
         readings = read_batch([(s.filename, s.path.read_bytes()) for s in test], explainer,

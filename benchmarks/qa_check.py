@@ -1,15 +1,15 @@
-"""Measure the image quality check (pneumo.quality) on the official test split. A report, not a test.
+"""Measure the image quality check (pneumo.models.quality) on the official test split. A report, not a test.
 
     python benchmarks/qa_check.py [--data ../shared/data/chest_xray] [--no-ood]
 
-Every test image goes through the app's decoding path (bytes -> :func:`pneumo.images.decode_image`
+Every test image goes through the app's decoding path (bytes -> :func:`pneumo.io.images.decode_image`
 -> 224 px model input) as it is and as transformed copies: turned 90 deg anticlockwise / 180 /
 90 deg clockwise, flipped top to bottom, inverted, shrunk to 64x64 (PNG), and, not a target,
 mirrored left-right. Per copy: the share that gets the matching finding (and only it), and the
 share of untransformed images with any warning. For the untransformed and 64 px copies also
 the share the "not a chest X-ray" check flags, test by test (colour, texture, features), both
 without the texture skip and as the app does it (texture test skipped where
-:func:`pneumo.quality.suppress_ood_texture` says so: originals under
+:func:`pneumo.models.quality.suppress_ood_texture` says so: originals under
 ``config.QUALITY_OOD_TEXTURE_SIDE``), and the share of untransformed images with any quality
 *or* OOD warning. Targets: >= 95 % of turned/flipped/inverted copies get the matching message;
 <= 1 % of untransformed images get any QA or OOD warning; >= 95 % of 64 px copies get the
@@ -30,8 +30,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pneumo import config, quality  # noqa: E402
-from pneumo.images import decode_image, to_model_input  # noqa: E402
+from pneumo import config  # noqa: E402
+from pneumo.io.images import decode_image, to_model_input  # noqa: E402
+from pneumo.models import quality  # noqa: E402
 
 SMALL_SIDE = 64
 COPIES = {  # name -> (expected finding codes, target share or None)
@@ -98,7 +99,7 @@ def ood_flags(model_inputs: np.ndarray, reports: list[quality.QualityReport], ex
               detector) -> dict[str, np.ndarray]:
     """Per image and test: colour, texture, features, and the app's decision ("app": texture
     skipped where :func:`quality.suppress_ood_texture` says so, as the reader does)."""
-    from pneumo import ood
+    from pneumo.models import ood
 
     feats = np.stack([e.features for e in explainer.explain(model_inputs)])
     low, high = detector.texture_range
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("qa_results.json"))
     args = parser.parse_args(argv)
 
-    from pneumo.data import read_split
+    from pneumo.data.splits import read_split
 
     test = read_split(args.data, "test")
     if not test:
@@ -198,9 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"quality check: {result['timing']['single_ms_p50']} ms for one image, "
               f"{result['timing']['batch64_ms_per_image']} ms per image in a batch of 64")
     if not args.no_ood:
-        from pneumo import ood
-        from pneumo.explain import CamExplainer
-        from pneumo.model import load_model
+        from pneumo.models import ood
+        from pneumo.models.classifier import load_model
+        from pneumo.models.explain import CamExplainer
 
         detector = ood.load_detector()
         if detector is None:

@@ -2,7 +2,7 @@
 
     python benchmarks/robustness.py [--data ../shared/data/chest_xray] [--limit N]
 
-Re-encodes every official test image four ways (:mod:`pneumo.robustness`: 2x bicubic PNG,
+Re-encodes every official test image four ways (:mod:`pneumo.evaluation.robustness`: 2x bicubic PNG,
 JPEG quality 95 and 50, a 5 % border crop), reads each through the app's decode path, and
 compares the bundled model's probability with the original file's. Prints, per re-encoding,
 the share of decisions that flip at the recommended threshold and |dp| p50 / p95 / max
@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 
 from pneumo import config  # noqa: E402
-from pneumo.robustness import TRANSFORMS, probabilities, summarize  # noqa: E402
+from pneumo.evaluation.robustness import TRANSFORMS, probabilities, summarize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MAX_FLIP_SHARE = config.ROBUSTNESS_MAX_FLIP_SHARE
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder with pneumo.keras and metrics.json")
     args = parser.parse_args(argv)
 
-    from pneumo.artifacts import recommended_threshold
-    from pneumo.data import load_splits
-    from pneumo.model import Predictor, load_model
+    from pneumo.data.splits import load_splits
+    from pneumo.evaluation.artifacts import recommended_threshold
+    from pneumo.models.classifier import Predictor, load_model
 
     samples = load_splits(args.data)[args.split]
     if not samples:

@@ -4,7 +4,7 @@
 
 The official test split (624 images) stands in for a site. Its patients are split in two halves
 (stratified by class, grouped by patient, so no child is on both sides). Site calibration
-(:func:`pneumo.site.build`, the code the CLI and the app run) is fitted on one half and
+(:func:`pneumo.reading.site.build`, the code the CLI and the app run) is fitted on one half and
 evaluated on the other, and the other way round; pooled over both halves every image is
 evaluated once, by a calibration and a threshold that never saw it. Against it: the bundled
 calibration and the bundled recommended threshold (``weights/metrics.json``) on the same
@@ -31,10 +31,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from pneumo import config, site  # noqa: E402
-from pneumo import metrics as m  # noqa: E402
-from pneumo.artifacts import recommended_threshold, round_threshold  # noqa: E402
-from pneumo.data import patient_id  # noqa: E402
+from pneumo import config  # noqa: E402
+from pneumo.data.splits import patient_id  # noqa: E402
+from pneumo.evaluation import metrics as m  # noqa: E402
+from pneumo.evaluation.artifacts import recommended_threshold, round_threshold  # noqa: E402
+from pneumo.reading import site  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "site_calibration_results.json"
 SIZES = (25, 50, 100, 200)

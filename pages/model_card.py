@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from pneumo import charts, config, site, ui
+from pneumo import config
+from pneumo.app import charts, ui
+from pneumo.reading import site
 
 st.title("Model card")
 ui.site_banner()  # which calibration is in use (a site's, or the bundled one)

@@ -4,9 +4,11 @@ import time
 
 import streamlit as st
 
-from pneumo import quality, reader, serving, ui, wording
-from pneumo.explain import METHODS, colour_scale
-from pneumo.images import SUPPORTED_EXTENSIONS
+from pneumo.app import ui
+from pneumo.io.images import SUPPORTED_EXTENSIONS
+from pneumo.models import quality, serving
+from pneumo.models.explain import METHODS, colour_scale
+from pneumo.reading import reader, wording
 
 run_started = time.monotonic()  # the load test's server-side clock (serving.log_reading)
 st.title("Read X-rays")

@@ -3,8 +3,8 @@
 import numpy as np
 import streamlit as st
 
-from pneumo import charts, ui
-from pneumo import metrics as m
+from pneumo.app import charts, ui
+from pneumo.evaluation import metrics as m
 
 st.title("Threshold explorer")
 ui.site_banner()  # which calibration is in use (a site's, or the bundled one)

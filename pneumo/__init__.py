@@ -3,7 +3,7 @@
 import sys
 
 # pneumo sends nothing anywhere: OpenVINO's usage telemetry is made unimportable before OpenVINO
-# can be imported (it then uses its own no-op stub). See pneumo.runtime.block_telemetry.
+# can be imported (it then uses its own no-op stub). See pneumo.models.runtime.block_telemetry.
 sys.modules.setdefault("openvino_telemetry", None)
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ TRAINING_FILE = "training.json"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
 VAL_PREDICTIONS_FILE = "val_predictions.csv"
 METRICS_FILE = "metrics.json"
-OOD_FILE = "ood.npz"  # the out-of-distribution reference (pneumo.ood)
+OOD_FILE = "ood.npz"  # the out-of-distribution reference (pneumo.models.ood)
 IMAGENET_NOTOP_FILE = Path("imagenet") / "efficientnet_lite0_notop.weights.h5"
 LUNG_MODEL_FILE = "lungs.keras"  # the lung-field segmenter
 LUNG_RECORD_FILE = "lungs.json"  # its training record (data, ids, Dice per split)
@@ -51,7 +51,7 @@ LUNG_PENALTY = 0.5  # weight of the CAM share outside the lungs in the fine-tuni
 AVERAGE_LAST_EPOCHS = 3
 CONSISTENCY_WEIGHT = 0.0  # two views per image, squared logit difference (see README: run 2)
 
-# Lung-field segmenter (pneumo.lungs): a small U-Net on the classifier's own 224 px input.
+# Lung-field segmenter (pneumo.models.lungs): a small U-Net on the classifier's own 224 px input.
 LUNG_INPUT_SIZE = 128  # pixels: the network works at this size inside the model
 LUNG_BASE_FILTERS = 16
 LUNG_EPOCHS = 40
@@ -70,7 +70,7 @@ RECOMMENDED_SENSITIVITY_TARGET = 0.95
 HIGH_SENSITIVITY_TARGET = 0.98
 CALIBRATION_BINS = 10
 # Platt calibration is fitted on the validation images each seen as the original plus this many
-# copies drawn from the training augmentation (pneumo.augment): the app reads originals, crops and
+# copies drawn from the training augmentation (pneumo.data.augment): the app reads originals, crops and
 # re-encodings, not the q75 training copies. Adopted for run 1 after its test ECE (0.106, Platt on
 # the originals only) had been seen; the rule for keeping it was written down before its test figures
 # (README, "What was tried"). 0: Platt on the original validation images only.
@@ -103,7 +103,7 @@ EVIDENCE_MIN_IMAGES = 20  # the test-set bin quoted beside a probability widens 
 HEATMAP_MIN_STRENGTH = 0.35  # a heat map shown on request below the threshold: least opacity share
 LUNG_OUTLINE_RGB = (255, 0, 255)  # magenta: not in the Turbo heat-map scale, clear on grey
 
-# Image quality checks (pneumo.quality: orientation, inverted grey scale, low resolution)
+# Image quality checks (pneumo.models.quality: orientation, inverted grey scale, low resolution)
 QUALITY_MODEL_FILE = "quality.keras"  # the small orientation / inversion network
 QUALITY_RECORD_FILE = "quality.json"  # its training record (data, accuracy, thresholds)
 QUALITY_INPUT_SIZE = 64  # pixels: grey square made from the 224 px model input
@@ -130,7 +130,7 @@ DECODE_MAX_PIXELS = 25_000_000  # larger images are decoded reduced by an intege
 QUALITY_OOD_TEXTURE_SIDE = 144
 
 # Site calibration
-# A department refits the probability on its own labelled sample (pneumo.site, pneumo.calibrate):
+# A department refits the probability on its own labelled sample (pneumo.reading.site, pneumo.cli.calibrate):
 # p_site = sigmoid(a * z + b), z the bundled calibrated logit log(p / (1 - p)).
 SITE_DIR_ENV = "PNEUMO_SITE_DIR"  # environment variable naming the folder of the site file
 SITE_DIR_DEFAULT = PROJECT_ROOT / "site"  # used without it; ignored by git, never in weights/
@@ -153,18 +153,18 @@ SITE_ZIP_MAX_FILES = 5000  # entries read from an uploaded zip at most
 SITE_ZIP_MAX_MB = 2000  # total uncompressed size of the images in an uploaded zip at most
 
 # Speed
-# Forward-pass runtime (pneumo.runtime): "auto" (OpenVINO when installed, else Keras), "openvino"
+# Forward-pass runtime (pneumo.models.runtime): "auto" (OpenVINO when installed, else Keras), "openvino"
 # or "keras". The OpenVINO model is built from MODEL_FILE at first use and cached here, keyed by
 # the .keras file's SHA-256.
 RUNTIME = os.environ.get("PNEUMO_RUNTIME", "auto")
 RUNTIME_CACHE_DIR = Path(os.environ.get("PNEUMO_CACHE_DIR", Path.home() / ".cache" / "pneumo"))
 RUNTIME_CACHE_KEEP = 3  # runtime models kept per runtime (the most recently used; ~14 MB each)
-# The server's one inference queue (pneumo.serving): requests from all sessions are batched.
+# The server's one inference queue (pneumo.models.serving): requests from all sessions are batched.
 QUEUE_MAX_WAIT_S = 0.010  # after the first request, wait at most this long for others to join
 QUEUE_MAX_BATCH = 32  # images in one forward pass at most
 QUEUE_REQUEST_IMAGES = 8  # a caller's images go in requests of at most this many (fair sharing)
 QUEUE_MAX_PENDING = 16  # requests waiting at most (memory bound: x QUEUE_REQUEST_IMAGES images)
-# Files decoded at once, server-wide (pneumo.reader): decoders release the GIL, so one per core;
+# Files decoded at once, server-wide (pneumo.reading.reader): decoders release the GIL, so one per core;
 # each may use up to DECODE_MEMORY_BUDGET_MB.
 DECODE_WORKERS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                             else (os.cpu_count() or 1)))

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, png_bytes, run_app, synthetic_xray
 
 from pneumo import config
-from pneumo import metrics as m
+from pneumo.evaluation import metrics as m
 
 pytestmark = pytest.mark.usefixtures("bundled_model_dir")
 
@@ -33,8 +33,8 @@ def _set_threshold(at, value: float) -> None:
 
 
 def _expected_probability(data: bytes) -> float:
-    from pneumo.images import load_image
-    from pneumo.model import Predictor, load_model
+    from pneumo.io.images import load_image
+    from pneumo.models.classifier import Predictor, load_model
 
     return float(Predictor(load_model()).predict(load_image(data)[None])[0])
 
@@ -95,8 +95,8 @@ def test_upload_shows_probability_overlay_and_errors():
 def test_one_inference_queue_per_server_loaded_as_it_starts():
     """The entry script starts the server's one queue (the model loads in the background); every
     session's reading goes through that same queue, in batches, with the serving runtime."""
-    from pneumo import ui
-    from pneumo.serving import InferenceQueue
+    from pneumo.app import ui
+    from pneumo.models.serving import InferenceQueue
 
     at = _app()
     queue = ui.explainer()
@@ -134,7 +134,7 @@ def _caption_counts(at) -> tuple[int, int]:
 
 
 def test_explorer_confusion_counts_follow_the_threshold():
-    from pneumo.artifacts import read_predictions
+    from pneumo.evaluation.artifacts import read_predictions
 
     test = read_predictions("test")
     at = _app()
@@ -242,8 +242,8 @@ def _toggle(at, label: str):
 
 
 def _cam(image: np.ndarray, method: str = "Grad-CAM") -> np.ndarray:
-    from pneumo.explain import CamExplainer
-    from pneumo.model import load_model
+    from pneumo.models.classifier import load_model
+    from pneumo.models.explain import CamExplainer
 
     global _EXPLAINER
     if _EXPLAINER is None:
@@ -264,8 +264,8 @@ class _CamSegmenter:
         self.calls = 0
 
     def fields(self, images):
-        from pneumo.explain import upsample
-        from pneumo.lungs import LungFields
+        from pneumo.models.explain import upsample
+        from pneumo.models.lungs import LungFields
 
         self.calls += 1
         out = []
@@ -300,8 +300,8 @@ def test_heat_map_hidden_below_threshold_until_asked():
 
 
 def test_evidence_line_beside_the_probability():
-    from pneumo import wording
-    from pneumo.artifacts import read_predictions
+    from pneumo.evaluation.artifacts import read_predictions
+    from pneumo.reading import wording
 
     test = read_predictions("test")
     at = _app()
@@ -313,7 +313,7 @@ def test_evidence_line_beside_the_probability():
 
 
 def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch):
-    from pneumo import ui
+    from pneumo.app import ui
 
     monkeypatch.setattr(ui, "segmenter", lambda: None)
     at = _app()
@@ -326,9 +326,11 @@ def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch):
 
 @pytest.mark.parametrize("hottest", [True, False])
 def test_lung_outline_share_and_caution(monkeypatch, hottest):
-    from pneumo import explain, ui, wording
-    from pneumo.images import load_image
-    from pneumo.lungs import OUTSIDE_LUNGS_CAUTION, heatmap_in_lungs
+    from pneumo.app import ui
+    from pneumo.io.images import load_image
+    from pneumo.models import explain
+    from pneumo.models.lungs import OUTSIDE_LUNGS_CAUTION, heatmap_in_lungs
+    from pneumo.reading import wording
 
     seg = _CamSegmenter(hottest)
     monkeypatch.setattr(ui, "segmenter", lambda: seg)
@@ -362,9 +364,9 @@ def test_lung_outline_share_and_caution(monkeypatch, hottest):
 
 
 def test_real_lung_model_on_a_real_xray(shared_data):
-    from pneumo import wording
-    from pneumo.images import load_image
-    from pneumo.lungs import LungSegmenter, heatmap_in_lungs
+    from pneumo.io.images import load_image
+    from pneumo.models.lungs import LungSegmenter, heatmap_in_lungs
+    from pneumo.reading import wording
 
     if not config.weights_path(config.LUNG_MODEL_FILE).exists():
         pytest.skip(f"no lung-field model at {config.weights_path(config.LUNG_MODEL_FILE)}")
@@ -387,7 +389,7 @@ def test_real_lung_model_on_a_real_xray(shared_data):
 
 def test_low_probability_normal_xray_shows_no_heat_map(shared_data):
     """A NORMAL test image the model scores below 10 %: no overlay at the recommended threshold."""
-    from pneumo.artifacts import read_predictions
+    from pneumo.evaluation.artifacts import read_predictions
 
     test = read_predictions("test")
     low = [(f, p) for f, p, c in zip(test.filename, test.probability, test.class_name)
@@ -418,8 +420,9 @@ def _badge_colours(at) -> list[str]:
 @pytest.mark.parametrize("code, label", [("rot90", "Read it turned the right way"),
                                          ("inverted", "Read the inverted image")])
 def test_turned_or_inverted_xray_offers_a_reading_the_right_way(shared_data, code, label):
-    from pneumo import quality, ui
-    from pneumo.images import load_image
+    from pneumo.app import ui
+    from pneumo.io.images import load_image
+    from pneumo.models import quality
 
     _quality_model()
     path = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
@@ -451,7 +454,7 @@ def test_turned_or_inverted_xray_offers_a_reading_the_right_way(shared_data, cod
 
 
 def test_an_upright_xray_gets_no_quality_message_or_button(shared_data):
-    from pneumo import quality
+    from pneumo.models import quality
 
     _quality_model()
     path = sorted((shared_data / "test" / "NORMAL").glob("*.jpeg"))[0]
@@ -466,7 +469,7 @@ def test_an_upright_xray_gets_no_quality_message_or_button(shared_data):
 def test_a_64_px_radiograph_gets_the_low_resolution_note_not_the_ood_message(shared_data):
     from PIL import Image
 
-    from pneumo import ood, quality
+    from pneumo.models import ood, quality
 
     path = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[1]
     with Image.open(path) as img:
@@ -481,8 +484,8 @@ def test_a_64_px_radiograph_gets_the_low_resolution_note_not_the_ood_message(sha
 
 
 def test_quality_notice_shown_once_when_the_network_is_missing(monkeypatch):
-    from pneumo import ui
-    from pneumo.quality import QualityChecker
+    from pneumo.app import ui
+    from pneumo.models.quality import QualityChecker
 
     notice = "The orientation and grey-scale checks are off: test notice."
     monkeypatch.setattr(ui, "quality_checker", lambda: QualityChecker(notice=notice))
@@ -495,8 +498,8 @@ def test_quality_notice_shown_once_when_the_network_is_missing(monkeypatch):
 
 
 def test_worklist_reports_the_corrected_reading_once_asked_for(shared_data):
-    from pneumo import quality
-    from pneumo.images import load_image
+    from pneumo.io.images import load_image
+    from pneumo.models import quality
 
     _quality_model()
     paths = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from pneumo import augment, config
+from pneumo import config
+from pneumo.data import augment
 
 SIZE = config.IMAGE_SIZE
 

@@ -116,9 +116,9 @@ def _pneumonia_xray() -> tuple[str, bytes]:
 
 
 def test_upload_real_xray_shows_probability_and_overlay(server, browser):
-    from pneumo.images import load_image
-    from pneumo.model import Predictor, load_model
-    from pneumo.wording import probability_text
+    from pneumo.io.images import load_image
+    from pneumo.models.classifier import Predictor, load_model
+    from pneumo.reading.wording import probability_text
 
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page()

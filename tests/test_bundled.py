@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pneumo import config
-from pneumo import metrics as m
-from pneumo.artifacts import read_predictions
+from pneumo.evaluation import metrics as m
+from pneumo.evaluation.artifacts import read_predictions
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,9 @@ def committed(bundled_model_dir):
 
 def test_model_reproduces_committed_test_predictions(committed, shared_data):
     """Load the committed model, re-read a few shared test images the app's way, compare."""
-    from pneumo.explain import CamExplainer
-    from pneumo.images import load_image
-    from pneumo.model import Predictor, load_model
+    from pneumo.io.images import load_image
+    from pneumo.models.classifier import Predictor, load_model
+    from pneumo.models.explain import CamExplainer
 
     test = committed["test"]
     picks = np.linspace(0, len(test.filename) - 1, 8).astype(int)
@@ -62,7 +62,7 @@ def test_committed_metrics_follow_from_committed_predictions(committed):
 
 
 def test_no_test_image_was_used_for_training(committed, shared_data):
-    from pneumo.data import load_splits
+    from pneumo.data.splits import load_splits
 
     training = json.loads(config.weights_path(config.TRAINING_FILE).read_text())
     splits = load_splits(shared_data)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pneumo import config
-from pneumo.data import (
+from pneumo.data.splits import (
     Sample,
     carve_validation,
     load_arrays,
@@ -15,7 +15,7 @@ from pneumo.data import (
     read_split,
     subtype_of,
 )
-from pneumo.images import load_image
+from pneumo.io.images import load_image
 
 
 @pytest.mark.parametrize("name, patient", [

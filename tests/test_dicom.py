@@ -1,4 +1,4 @@
-"""pneumo.dicom: grey-level pipeline, frames, compression and privacy."""
+"""pneumo.io.dicom: grey-level pipeline, frames, compression and privacy."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
-from pneumo import dicom as pneumo_dicom
-from pneumo.imagebase import ImageError, scale_to_uint8
-from pneumo.images import decode_image, load_image
+from pneumo.io import dicom as pneumo_dicom
+from pneumo.io.base import ImageError, scale_to_uint8
+from pneumo.io.images import decode_image, load_image
 
 RAMP = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (96, 1))  # 96x256: every 16th 12-bit value
 

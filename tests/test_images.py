@@ -1,4 +1,4 @@
-"""pneumo.images: any bytes give an RGB uint8 image or an ImageError that says what to do."""
+"""pneumo.io.images: any bytes give an RGB uint8 image or an ImageError that says what to do."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, features
 
 from pneumo import config
-from pneumo.dicom import is_dicom
-from pneumo.imagebase import DecodedImage, ImageError, gray_to_rgb, scale_to_uint8
-from pneumo.images import decode_image, load_image, to_model_input
+from pneumo.io.base import DecodedImage, ImageError, gray_to_rgb, scale_to_uint8
+from pneumo.io.dicom import is_dicom
+from pneumo.io.images import decode_image, load_image, to_model_input
 
 OK = None  # expectation: decodes; otherwise a phrase the ImageError message must contain
 
@@ -431,7 +431,7 @@ _MEASURE = r"""
 import gc, json, sys
 import numpy as np
 from PIL import Image
-from pneumo.images import decode_image, to_model_input
+from pneumo.io.images import decode_image, to_model_input
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -553,7 +553,7 @@ def test_large_jpeg_is_decoded_reduced_by_the_jpeg_decoder(tmp_path):
 
 
 def test_reduction_factor_and_reduce_area():
-    from pneumo.imagebase import reduce_area, reduction_factor
+    from pneumo.io.base import reduce_area, reduction_factor
 
     assert reduction_factor(5000, 5000) == 1 and reduction_factor(5001, 5000) == 2
     assert reduction_factor(8900, 8900) == 2
@@ -581,7 +581,7 @@ def test_images_within_the_size_limit_decode_exactly_as_before_at_full_size():
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_pil_transpose(orientation):
-    from pneumo.raster import _orient
+    from pneumo.io.raster import _orient
 
     a = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7)
     method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -675,7 +675,7 @@ def _old_stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype", ["<u2", ">u2", "<i2", ">i2", "u1", "i1"])
 def test_stretch_tables_give_the_float_arithmetic_to_the_bit(dtype):
-    from pneumo.imagebase import stretch as _stretch
+    from pneumo.io.base import stretch as _stretch
 
     info = np.iinfo(np.dtype(dtype))
     rng = np.random.default_rng(0)
@@ -689,7 +689,7 @@ def test_stretch_tables_give_the_float_arithmetic_to_the_bit(dtype):
 @pytest.mark.parametrize("shape", [(2000, 1500), (448, 448), (300, 257), (224, 224), (150, 200)])
 def test_grey_resized_in_grey_is_the_rgb_resize(shape):
     """to_model_input and the display copy of a grey image equal those of its RGB copy."""
-    from pneumo.reader import display_copy
+    from pneumo.reading.reader import display_copy
 
     grey = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     np.testing.assert_array_equal(to_model_input(grey), to_model_input(gray_to_rgb(grey)))
@@ -730,8 +730,8 @@ def test_large_jpeg_decoded_reduced_differs_by_at_most_two_grey_levels(height, w
     rounds once more. Measured before this was adopted: at most 1-2 levels, 0.03-0.12 on
     average, on the benchmark's synthetic radiograph and on a shared test X-ray enlarged to
     1536-3000 pixels."""
-    from pneumo.images import READ_MAX_SIDE
-    from pneumo.reader import DISPLAY_MAX_SIDE, decode_file
+    from pneumo.io.images import READ_MAX_SIDE
+    from pneumo.reading.reader import DISPLAY_MAX_SIDE, decode_file
 
     assert READ_MAX_SIDE == DISPLAY_MAX_SIDE
     data = _big_jpeg(height, width, colour)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pneumo import config
-from pneumo.lungs import (
+from pneumo.models.lungs import (
     NO_LUNGS_WARNING,
     LungFields,
     clean_mask,
@@ -99,7 +99,7 @@ def lung_masks_dir():
 
 
 def test_only_train_and_cc_by_pairs_are_fitted_on(lung_masks_dir):
-    from pneumo.lung_data import read_pairs, split_for_fitting
+    from pneumo.data.lung_masks import read_pairs, split_for_fitting
 
     pairs = read_pairs(lung_masks_dir)
     assert len(pairs) == 1115
@@ -124,8 +124,8 @@ def test_committed_segmenter_finds_the_lungs_on_test_images(lung_masks_dir):
     """Dice of the committed segmenter on 24 pediatric test masks (measured, never fitted)."""
     if not config.weights_path(config.LUNG_MODEL_FILE).exists():
         pytest.skip("no committed lung-field segmenter")
-    from pneumo.lung_data import load_pairs, read_pairs
-    from pneumo.lungs import LungSegmenter
+    from pneumo.data.lung_masks import load_pairs, read_pairs
+    from pneumo.models.lungs import LungSegmenter
 
     test = [p for p in read_pairs(lung_masks_dir) if p.group == "kermany_test"]
     picks = [test[i] for i in np.linspace(0, len(test) - 1, 24).astype(int)]

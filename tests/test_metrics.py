@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pneumo import metrics as m
+from pneumo.evaluation import metrics as m
 
 # 4 positives, 4 negatives
 Y = [1, 1, 1, 1, 0, 0, 0, 0]

@@ -7,7 +7,7 @@ import pytest
 from conftest import synthetic_xray
 
 from pneumo import config
-from pneumo.model import (
+from pneumo.models.classifier import (
     Predictor,
     build_classifier,
     build_lite0,
@@ -81,7 +81,7 @@ def test_predictor_matches_keras_predict_for_any_batch_size(classifier):
 
 
 def test_save_and_load_keeps_calibration(classifier, tmp_path):
-    from pneumo.model import load_model
+    from pneumo.models.classifier import load_model
 
     path = tmp_path / "m.keras"
     classifier.save(path)
@@ -93,14 +93,14 @@ def test_save_and_load_keeps_calibration(classifier, tmp_path):
 
 
 def test_load_model_says_how_to_get_one(tmp_path):
-    from pneumo.model import load_model
+    from pneumo.models.classifier import load_model
 
     with pytest.raises(FileNotFoundError, match="pneumo.train"):
         load_model(tmp_path / "missing.keras")
 
 
 def test_fast_cams_equal_tf_keras_vis(classifier):
-    from pneumo.explain import METHODS, CamExplainer, library_cams
+    from pneumo.models.explain import METHODS, CamExplainer, library_cams
 
     x = _images(3)
     explanations = CamExplainer(classifier).explain(x)
@@ -115,7 +115,7 @@ def test_fast_cams_equal_tf_keras_vis(classifier):
 
 
 def _real_xrays(shared_data, n: int = 12) -> np.ndarray:
-    from pneumo.images import load_image
+    from pneumo.io.images import load_image
 
     files = sorted((shared_data / "test").glob("*/*.jpeg"))[:: max(1, 624 // n)][:n]
     return np.stack([load_image(f.read_bytes()) for f in files]).astype("float32")
@@ -126,8 +126,8 @@ def test_forward_pass_cams_equal_tf_keras_vis_on_real_xrays(shared_data, bundled
     and the pooled features, all from the one forward pass."""
     import keras
 
-    from pneumo.explain import METHODS, CamExplainer, library_cams
-    from pneumo.model import load_model
+    from pneumo.models.classifier import load_model
+    from pneumo.models.explain import METHODS, CamExplainer, library_cams
 
     model = load_model(bundled_model_dir / config.MODEL_FILE)
     x = _real_xrays(shared_data)
@@ -145,7 +145,7 @@ def test_closed_form_cams_equal_the_gradient_formulas():
     """With a gradient that is the same at every position, the per-channel closed forms give
     what the general Grad-CAM / Grad-CAM++ formulas give (zero, negative and positive weights,
     and a negative calibration scale)."""
-    from pneumo.explain import (
+    from pneumo.models.explain import (
         Head,
         gradcam_from_features,
         gradcam_from_gradients,
@@ -173,7 +173,7 @@ def test_closed_form_cams_equal_the_gradient_formulas():
 def test_normalisation_epsilon_is_keras():
     import keras
 
-    from pneumo.explain import _EPS
+    from pneumo.models.explain import _EPS
 
     assert _EPS == keras.backend.epsilon()
 
@@ -181,7 +181,7 @@ def test_normalisation_epsilon_is_keras():
 def test_head_refuses_a_model_the_closed_form_does_not_fit():
     import keras
 
-    from pneumo.explain import Head
+    from pneumo.models.explain import Head
 
     inputs = keras.Input((7, 7, 4))
     x = keras.layers.Activation("relu6", name=config.CAM_LAYER)(inputs)
@@ -193,7 +193,7 @@ def test_head_refuses_a_model_the_closed_form_does_not_fit():
 
 
 def test_overlay_keeps_image_size_and_opacity_zero_is_identity():
-    from pneumo.explain import overlay
+    from pneumo.models.explain import overlay
 
     rgb = np.repeat(synthetic_xray(300, 1)[..., None], 3, -1)[:, :250]
     cam = np.random.default_rng(0).uniform(size=(7, 7))

@@ -11,8 +11,8 @@ import pytest
 from conftest import jpeg_bytes, png_bytes, synthetic_xray
 from PIL import Image
 
-from pneumo import predict
-from pneumo.artifacts import round_threshold
+from pneumo.cli import predict
+from pneumo.evaluation.artifacts import round_threshold
 
 GOOD = ("a.png", "b.jpg", "scans/c.png", "scans/deeper/d.JPEG")
 BAD = "scans/broken.png"
@@ -62,8 +62,8 @@ def test_csv_has_a_row_per_image_and_errors_only_for_the_bad_file(cli_run):
 
 
 def test_probabilities_match_the_predictor(cli_run):
-    from pneumo.images import load_image
-    from pneumo.model import Predictor, load_model
+    from pneumo.io.images import load_image
+    from pneumo.models.classifier import Predictor, load_model
 
     _, folder, rows, _ = cli_run
     images = np.stack([load_image(folder / name) for name in GOOD])
@@ -120,7 +120,7 @@ class _HalfLungs:
         return mask
 
     def fields(self, images):
-        from pneumo.lungs import LungFields
+        from pneumo.models.lungs import LungFields
 
         out = []
         for image in np.asarray(images):
@@ -148,10 +148,10 @@ def cli_lungs_run(tmp_path_factory, bundled_model_dir):
 
 
 def test_cli_reports_the_gradcam_share_inside_the_lungs(cli_lungs_run):
-    from pneumo.explain import METHODS, CamExplainer
-    from pneumo.images import load_image
-    from pneumo.lungs import NO_LUNGS_WARNING, heatmap_in_lungs
-    from pneumo.model import load_model
+    from pneumo.io.images import load_image
+    from pneumo.models.classifier import load_model
+    from pneumo.models.explain import METHODS, CamExplainer
+    from pneumo.models.lungs import NO_LUNGS_WARNING, heatmap_in_lungs
 
     folder, rows = cli_lungs_run
     explainer = CamExplainer(load_model())
@@ -195,7 +195,7 @@ class _CornerChecker:
     notice = None
 
     def check(self, images, sizes):
-        from pneumo import quality
+        from pneumo.models import quality
 
         return [quality.report_for([quality.ROT90] if im[-8:, :8].min() >= 250 else [], im, size)
                 for im, size in zip(images, sizes)]
@@ -235,9 +235,9 @@ def test_csv_keeps_its_columns_and_adds_quality_and_corrected(quality_runs):
 
 
 def test_quality_column_and_auto_correct(quality_runs):
-    from pneumo import quality
-    from pneumo.images import load_image
-    from pneumo.model import Predictor, load_model
+    from pneumo.io.images import load_image
+    from pneumo.models import quality
+    from pneumo.models.classifier import Predictor, load_model
 
     folder, out = quality_runs
     found = {r["file"]: r for r in out["as found"][0]}
@@ -294,7 +294,7 @@ def test_load_quality_checker_absent_or_broken_says_so(monkeypatch, tmp_path, ca
 def test_a_site_calibration_is_applied_and_named(tmp_path, bundled_model_dir, monkeypatch):
     """With a site file for this model, the CSV carries the site's probabilities and threshold,
     names the calibration, and keeps the model's own probability beside it."""
-    from pneumo import site
+    from pneumo.reading import site
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(40), np.ones(60)].astype(int)

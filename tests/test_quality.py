@@ -1,12 +1,13 @@
-"""Image quality check (pneumo.quality): transforms, the low-resolution rule, the trained network."""
+"""Image quality check (pneumo.models.quality): transforms, the low-resolution rule, the trained network."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pneumo import config, quality
-from pneumo.train_quality import threshold_for
+from pneumo import config
+from pneumo.cli.train_quality import threshold_for
+from pneumo.models import quality
 
 
 @pytest.fixture
@@ -99,8 +100,8 @@ def checker() -> quality.QualityChecker:
 
 
 def test_network_finds_turned_and_inverted_test_images(checker, shared_data):
-    from pneumo.data import read_split
-    from pneumo.images import load_image
+    from pneumo.data.splits import read_split
+    from pneumo.io.images import load_image
 
     test = read_split(shared_data, "test")
     picked = [s for s in test if s.label == 0][:3] + [s for s in test if s.label == 1][:3]
@@ -120,8 +121,8 @@ def test_network_finds_monochrome1_dicom_with_wrong_tag(checker, shared_data, ph
     """12-bit MONOCHROME1 pixels (low values white): tagged MONOCHROME2 they decode inverted."""
     import imagegen as gen
 
-    from pneumo.data import read_split
-    from pneumo.images import decode_image, load_image, to_model_input
+    from pneumo.data.splits import read_split
+    from pneumo.io.images import decode_image, load_image, to_model_input
 
     sample = [s for s in read_split(shared_data, "test") if s.label == 1][5]
     grey = load_image(sample.path)[..., 0].astype(np.uint16)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from conftest import png_bytes, synthetic_xray
 
-from pneumo import config, reader, ui
-from pneumo.explain import METHODS, Explanation, heatmap_strength
-from pneumo.lungs import NO_LUNGS_WARNING, OUTSIDE_LUNGS_CAUTION, LungFields, heatmap_in_lungs
+from pneumo import config
+from pneumo.app import ui
+from pneumo.models.explain import METHODS, Explanation, heatmap_strength
+from pneumo.models.lungs import NO_LUNGS_WARNING, OUTSIDE_LUNGS_CAUTION, LungFields, heatmap_in_lungs
+from pneumo.reading import reader
 
 SIZE = config.IMAGE_SIZE
 LEFT_CAM = np.zeros((7, 7), "float32")

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from conftest import png_bytes, synthetic_xray
 
-from pneumo import config, ood, quality, reader
-from pneumo.explain import METHODS, Explanation
+from pneumo import config
+from pneumo.models import ood, quality
+from pneumo.models.explain import METHODS, Explanation
+from pneumo.reading import reader
 
 CAM = np.zeros((7, 7), "float32")
 CAM[:, :2] = 1.0
@@ -252,8 +254,8 @@ def test_small_test_radiographs_get_the_low_resolution_note_not_the_ood_message(
     """
     from PIL import Image
 
-    from pneumo.explain import CamExplainer
-    from pneumo.model import load_model
+    from pneumo.models.classifier import load_model
+    from pneumo.models.explain import CamExplainer
 
     detector = ood.load_detector()
     if detector is None:

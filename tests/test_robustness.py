@@ -1,4 +1,4 @@
-"""pneumo.robustness: the re-encodings, the summary, and the bundled model's invariance to them."""
+"""pneumo.evaluation.robustness: the re-encodings, the summary, and the bundled model's invariance to them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from conftest import jpeg_bytes, synthetic_xray
 from PIL import Image
 
 from pneumo import config
-from pneumo.images import decode_image, load_image
-from pneumo.robustness import (
+from pneumo.evaluation.robustness import (
     TRANSFORMS,
     compare,
     crop_5pct,
@@ -22,6 +21,7 @@ from pneumo.robustness import (
     probabilities,
     summarize,
 )
+from pneumo.io.images import decode_image, load_image
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +104,9 @@ def test_compare_with_a_stand_in_predictor(original):
 @pytest.fixture(scope="module")
 def reencoded(shared_data, bundled_model_dir) -> tuple[float, dict]:
     """The bundled model on 100 official test images (50 per class) and their re-encodings."""
-    from pneumo.artifacts import recommended_threshold
-    from pneumo.data import read_split
-    from pneumo.model import Predictor, load_model
+    from pneumo.data.splits import read_split
+    from pneumo.evaluation.artifacts import recommended_threshold
+    from pneumo.models.classifier import Predictor, load_model
 
     samples = read_split(shared_data, "test")
     picks = []

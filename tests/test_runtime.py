@@ -25,7 +25,7 @@ _MODULES = {"openvino": "openvino", "litert": "ai_edge_litert.interpreter"}
 
 
 def _real_xrays(shared_data, n: int = 12) -> np.ndarray:
-    from pneumo.images import load_image
+    from pneumo.io.images import load_image
 
     files = sorted((shared_data / "test").glob("*/*.jpeg"))[:: max(1, 624 // n)][:n]
     return np.stack([load_image(f.read_bytes()) for f in files]).astype("float32")
@@ -34,9 +34,9 @@ def _real_xrays(shared_data, n: int = 12) -> np.ndarray:
 @pytest.mark.parametrize("backend", ["openvino", "litert"])
 def test_fast_runtime_equals_keras_on_real_xrays(backend, shared_data, bundled_model_dir, tmp_path):
     pytest.importorskip(_MODULES[backend], reason=f"{backend} not installed")
-    from pneumo.explain import METHODS, CamExplainer, library_cams
-    from pneumo.model import load_model
-    from pneumo.runtime import load_explainer
+    from pneumo.models.classifier import load_model
+    from pneumo.models.explain import METHODS, CamExplainer, library_cams
+    from pneumo.models.runtime import load_explainer
 
     model_path = bundled_model_dir / config.MODEL_FILE
     fast = load_explainer(model_path, runtime=backend, cache_dir=tmp_path)
@@ -74,8 +74,8 @@ def test_runtime_model_is_built_from_the_keras_file_and_rebuilt_when_it_changes(
     """Any model of this architecture: cached under its SHA-256, reused while the file is the
     same, rebuilt (and, beyond RUNTIME_CACHE_KEEP, the old copy dropped) when it is replaced."""
     _ov()
-    from pneumo import runtime
-    from pneumo.model import build_classifier, set_calibration
+    from pneumo.models import runtime
+    from pneumo.models.classifier import build_classifier, set_calibration
 
     monkeypatch.setattr(config, "RUNTIME_CACHE_KEEP", 1)
     model = build_classifier(IMAGENET)
@@ -105,8 +105,8 @@ def test_runtime_model_is_built_from_the_keras_file_and_rebuilt_when_it_changes(
 
 
 def test_without_openvino_the_keras_runtime_is_used(monkeypatch, tmp_path, bundled_model_dir):
-    from pneumo import runtime
-    from pneumo.explain import CamExplainer
+    from pneumo.models import runtime
+    from pneumo.models.explain import CamExplainer
 
     for name in ("openvino", "ai_edge_litert", "ai_edge_litert.interpreter"):
         monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError
@@ -119,7 +119,7 @@ def test_without_openvino_the_keras_runtime_is_used(monkeypatch, tmp_path, bundl
 
 
 def test_missing_model_says_how_to_train_one(tmp_path):
-    from pneumo.runtime import load_explainer
+    from pneumo.models.runtime import load_explainer
 
     with pytest.raises(FileNotFoundError, match="pneumo.train"):
         load_explainer(tmp_path / "missing.keras", cache_dir=tmp_path)
@@ -134,7 +134,7 @@ def test_openvino_telemetry_is_off_and_sends_nothing(tmp_path):
     net_log = tmp_path / "net.log"
     env.update(HOME=str(tmp_path), PNEUMO_NET_LOG=str(net_log),
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT)]))
-    code = ("import sys, time, pneumo.runtime, openvino\n"
+    code = ("import sys, time, pneumo.models.runtime, openvino\n"
             "from openvino.tools.ovc import telemetry_utils\n"
             "assert sys.modules['openvino_telemetry'] is None\n"
             "print(telemetry_utils.tm.__name__)\n"
@@ -151,8 +151,8 @@ def test_openvino_telemetry_is_off_and_sends_nothing(tmp_path):
 def test_the_queue_over_openvino_gives_single_session_results(shared_data, bundled_model_dir,
                                                               tmp_path):
     _ov()
-    from pneumo.runtime import load_explainer
-    from pneumo.serving import InferenceQueue
+    from pneumo.models.runtime import load_explainer
+    from pneumo.models.serving import InferenceQueue
 
     model_path = bundled_model_dir / config.MODEL_FILE
     x = _real_xrays(shared_data, 8)

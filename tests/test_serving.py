@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from pneumo.explain import Explanation
-from pneumo.serving import InferenceQueue
+from pneumo.models.explain import Explanation
+from pneumo.models.serving import InferenceQueue
 
 
 class _Explainer:
@@ -131,7 +131,8 @@ def test_a_caller_holding_a_closed_queue_is_still_served():
 def test_files_decode_in_parallel_in_their_order():
     from conftest import png_bytes, synthetic_xray
 
-    from pneumo import config, reader
+    from pneumo import config
+    from pneumo.reading import reader
 
     files = [(f"f{i}.png", png_bytes(synthetic_xray(200 + 10 * i, i))) for i in range(6)]
     files.insert(2, ("bad.png", b"not an image"))
@@ -150,7 +151,7 @@ def test_timing_log_is_off_unless_asked_and_holds_only_numbers(tmp_path, monkeyp
     one line per reading with an anonymous session number, an image count and two times."""
     import json
 
-    from pneumo import serving
+    from pneumo.models import serving
 
     log = tmp_path / "timing.jsonl"
     monkeypatch.delenv(serving.TIMING_LOG_ENV, raising=False)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, jpeg_bytes, png_bytes, run_app, synthetic_xray
 
-from pneumo import config, site
-from pneumo import metrics as m
+from pneumo import config
+from pneumo.evaluation import metrics as m
+from pneumo.reading import site
 
 SITE = "Test Site"
 DATE = "2025-01-02"
@@ -200,13 +201,13 @@ def test_zip_items_find_both_classes_at_any_depth():
 
 @pytest.fixture(scope="module")
 def predictor(bundled_model_dir):
-    from pneumo.model import Predictor, load_model
+    from pneumo.models.classifier import Predictor, load_model
 
     return Predictor(load_model())
 
 
 def _bundled(predictor, data: bytes) -> float:
-    from pneumo.images import load_image
+    from pneumo.io.images import load_image
 
     return float(predictor.predict(load_image(data)[None])[0])
 
@@ -242,7 +243,7 @@ def _write_sample(root: Path, sample: dict) -> Path:
 
 
 def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys):
-    from pneumo import calibrate
+    from pneumo.cli import calibrate
 
     folder = _write_sample(tmp_path / "St Elsewhere sample", made_sample)
     out = tmp_path / "site-out"
@@ -277,7 +278,7 @@ def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys):
 
 def test_cli_without_the_class_folders_or_with_too_few_images_writes_nothing(tmp_path, capsys,
                                                                              made_sample):
-    from pneumo import calibrate
+    from pneumo.cli import calibrate
 
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "a.png").write_bytes(png_bytes(synthetic_xray(200, 2)))
@@ -338,7 +339,7 @@ def test_every_page_says_which_site_and_the_default_threshold_is_the_sites(site_
 
 
 def test_explorer_site_view_and_test_view_on_the_site_scale(site_file):
-    from pneumo.artifacts import read_predictions
+    from pneumo.evaluation.artifacts import read_predictions
 
     at = _app()
     at.switch_page(EXPLORER_PAGE).run()
@@ -377,7 +378,7 @@ def test_model_card_shows_the_site_reliability_beside_the_test_one(site_file):
 
 def test_a_site_file_for_another_model_is_ignored_with_a_message(tmp_path, monkeypatch,
                                                                   bundled_model_dir):
-    from pneumo.artifacts import recommended_threshold
+    from pneumo.evaluation.artifacts import recommended_threshold
 
     cal = site.build(SITE, *_sample(), "ab" * 32, created=DATE)
     monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path / "site"))
@@ -391,7 +392,7 @@ def test_a_site_file_for_another_model_is_ignored_with_a_message(tmp_path, monke
 
 
 def test_read_page_shows_the_site_calibrated_probability(site_file, predictor):
-    from pneumo import wording
+    from pneumo.reading import wording
 
     data = png_bytes(synthetic_xray(300, 41))
     p = _bundled(predictor, data)

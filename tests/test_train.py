@@ -11,7 +11,7 @@ from pneumo import config
 
 
 def test_train_resume_and_evaluate(kaggle_folder, tmp_path):
-    from pneumo import evaluate, train
+    from pneumo.cli import evaluate, train
 
     if not config.weights_path(config.LUNG_MODEL_FILE).exists():
         pytest.skip("training draws lung masks with weights/lungs.keras, which is absent")

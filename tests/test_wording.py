@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo import wording
+from pneumo.reading import wording
 
 SCORES = np.array([0.004, 0.02, 0.05, 0.12, 0.15, 0.18, 0.55, 0.62, 0.93, 0.995, 0.999, 1.0])
 LABELS = np.array([0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1])
@@ -61,7 +61,7 @@ def test_evidence_line_without_scores_is_empty():
 
 
 def test_lung_share_text_and_caution():
-    from pneumo.lungs import OUTSIDE_LUNGS_CAUTION
+    from pneumo.models.lungs import OUTSIDE_LUNGS_CAUTION
 
     assert wording.lung_share_text(0.734) == "Heat map inside the lungs: 73 %"
     assert wording.lung_caution(0.49) == OUTSIDE_LUNGS_CAUTION

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import config
-from pneumo.model import build_lite0
+from pneumo.models.classifier import build_lite0
 
 TOLERANCE = 1e-5
 
@@ -96,7 +96,7 @@ def sample_images() -> np.ndarray:
     ]
     test_dir = config.SHARED_DATA_DIR / "test"
     if test_dir.exists():
-        from pneumo.images import load_image
+        from pneumo.io.images import load_image
 
         for path in sorted(test_dir.glob("*/*.jpeg"))[:: 200][:4]:
             images.append(load_image(path).astype("float32"))

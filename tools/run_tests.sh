@@ -33,4 +33,5 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 
 ruff check .
+lint-imports   # the layers in pyproject.toml (README, "Layout")
 python -m pytest -ra "$@"

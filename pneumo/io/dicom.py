@@ -33,7 +33,7 @@ import zlib
 import numpy as np
 
 from pneumo import config
-from pneumo.imagebase import (
+from pneumo.io.base import (
     DecodedImage,
     ImageError,
     check_decode_memory,

@@ -20,8 +20,8 @@ the date, the sha256 of the model file it was made for, and the sample's (label,
 numbers for the app's charts. Never an image, never a file name; the sample is stored sorted, so
 not even the order of the files survives. A site file made for another model is ignored.
 
-This module is the one owner of that file: the CLI (:mod:`pneumo.calibrate`), the app
-(:mod:`pneumo.ui`) and the benchmark use it.
+This module is the one owner of that file: the CLI (:mod:`pneumo.cli.calibrate`), the app
+(:mod:`pneumo.app.ui`) and the benchmark use it.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from pneumo import config
-from pneumo import metrics as m
-from pneumo.artifacts import round_threshold
-from pneumo.imagebase import too_big_to_read
+from pneumo.evaluation import metrics as m
+from pneumo.evaluation.artifacts import round_threshold
+from pneumo.io.base import too_big_to_read
 
 # One file of the local sample: (label 0/1, name to report, a loader giving its bytes).
 Item = tuple[int, str, Callable[[], bytes]]
@@ -90,7 +90,7 @@ def fit_platt_prior(logits, labels, precision: tuple[float, float] = (0.0, 0.0),
                     mean: tuple[float, float] = (1.0, 0.0),
                     iterations: int = 100) -> tuple[float, float]:
     """Platt fit of ``p = sigmoid(a * z + b)`` with a Gaussian prior on (a, b) around ``mean``
-    (a MAP estimate): :func:`pneumo.metrics.fit_platt`, which this equals at precision 0."""
+    (a MAP estimate): :func:`pneumo.evaluation.metrics.fit_platt`, which this equals at precision 0."""
     y = np.asarray(labels, dtype="int64").ravel()
     z = np.asarray(logits, dtype="float64").ravel()
     if y.shape != z.shape:
@@ -415,7 +415,7 @@ def class_of(parts: Sequence[str]) -> int | None:
 def folder_items(folder: Path) -> list[Item]:
     """The images under ``folder/NORMAL`` and ``folder/PNEUMONIA`` (any case; searched
     recursively), labelled by their folder. :class:`SiteSampleError` without those folders."""
-    from pneumo.files import find_images, read_file
+    from pneumo.io.files import find_images, read_file
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -441,7 +441,7 @@ def zip_items(data: bytes) -> list[Item]:
     """The images of an uploaded zip of ``NORMAL/`` and ``PNEUMONIA/`` folders (at any depth),
     read in memory, never extracted. Entries above the upload limit are reported, not read.
     :class:`SiteSampleError` for a file that is not a zip, or one too large to take."""
-    from pneumo.images import SUPPORTED_EXTENSIONS
+    from pneumo.io.images import SUPPORTED_EXTENSIONS
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -482,9 +482,9 @@ def _zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 def score_items(items: Iterable[Item], score: Scorer, batch_size: int = 16,
                 progress: ProgressCallback | None = None) -> SampleReport:
-    """Decode each file through the app's path (:func:`pneumo.reader.decode_file`) and score the
+    """Decode each file through the app's path (:func:`pneumo.reading.reader.decode_file`) and score the
     readable ones in batches; a file that cannot be read is reported and skipped."""
-    from pneumo.reader import decode_file
+    from pneumo.reading.reader import decode_file
 
     items = list(items)
     labels: list[int] = []
@@ -578,7 +578,7 @@ def model_card_note(calibration: SiteCalibration) -> str:
 # --- using it in a reading --------------------------------------------------------------------
 
 def calibrate_reading(reading, calibration: SiteCalibration | None):
-    """A copy of a :class:`pneumo.reader.Reading` whose probability is site-calibrated (the
+    """A copy of a :class:`pneumo.reading.reader.Reading` whose probability is site-calibrated (the
     bundled one kept in ``bundled_probability``); unchanged without a calibration or a
     probability."""
     if calibration is None or reading.probability is None or reading.bundled_probability is not None:

@@ -3,8 +3,8 @@
 Shared by the app and the batch CLI. A bad file becomes a Reading with an ``error`` message;
 the rest of the batch goes on. With a lung segmenter, each readable image also gets its lung
 fields and, per CAM method, the share of the heat map inside them; a segmenter failure only
-drops those figures. With a quality checker (:class:`pneumo.quality.QualityChecker`), each
-readable image also gets a :class:`~pneumo.quality.QualityReport` (turned, flipped, inverted,
+drops those figures. With a quality checker (:class:`pneumo.models.quality.QualityChecker`), each
+readable image also gets a :class:`~pneumo.models.quality.QualityReport` (turned, flipped, inverted,
 low resolution); a checker failure only drops those findings. :func:`read_corrected` reads the
 corrected copy the report offers. Nothing here writes to disk or logs header or pixel content.
 """
@@ -23,13 +23,13 @@ import cv2
 import numpy as np
 
 from pneumo import config
-from pneumo.imagebase import ImageError, as_rgb
-from pneumo.images import decode_image, to_model_input
-from pneumo.metrics import flagged
+from pneumo.evaluation.metrics import flagged
+from pneumo.io.base import ImageError, as_rgb
+from pneumo.io.images import decode_image, to_model_input
 
 if TYPE_CHECKING:
-    from pneumo.lungs import LungFields
-    from pneumo.quality import QualityReport
+    from pneumo.models.lungs import LungFields
+    from pneumo.models.quality import QualityReport
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def add_lung_fields(reading: Reading, fields: LungFields | None) -> None:
     An implausible mask gives ``lung_warning`` and no shares (they would mean nothing); a map
     with no heat at all gives no share for that method.
     """
-    from pneumo.lungs import heatmap_in_lungs
+    from pneumo.models.lungs import heatmap_in_lungs
 
     reading.lungs, reading.lung_share, reading.lung_warning = fields, {}, None
     if fields is None:
@@ -263,7 +263,7 @@ def _explain_chunk(chunk: list[Reading], explainer, segmenter=None) -> np.ndarra
 
 def corrected_display(display: np.ndarray, codes: Iterable[str]) -> np.ndarray:
     """The display copy with each correctable finding undone, in the order found."""
-    from pneumo.quality import CORRECTABLE, correct
+    from pneumo.models.quality import CORRECTABLE, correct
 
     for code in codes:
         if code in CORRECTABLE:
@@ -282,7 +282,7 @@ def read_corrected(
     pass); readings without one are left out. Each result is a new Reading of the same file
     with ``corrected_from`` naming what pneumo undid, a note saying so, and a quality report
     that keeps only what correcting cannot fix (low resolution)."""
-    from pneumo.quality import CORRECTABLE, QualityReport, correction_note
+    from pneumo.models.quality import CORRECTABLE, QualityReport, correction_note
 
     todo = [r for r in readings if r.quality is not None and r.quality.corrected is not None]
     out: list[Reading] = []
@@ -326,7 +326,7 @@ def result_row(reading: Reading, threshold: float, calibration: str = "") -> dic
 
     ``calibration`` names the site calibration the probability went through ("": bundled).
     """
-    from pneumo.explain import METHODS
+    from pneumo.models.explain import METHODS
 
     return {
         "file": reading.name,
@@ -348,9 +348,9 @@ def result_row(reading: Reading, threshold: float, calibration: str = "") -> dic
 def worklist_rows(readings: list[Reading], threshold: float, calibration: str = "") -> list[dict]:
     """:func:`result_row` per reading for the app's table, highest probability first and
     unreadable files last, plus ``probability`` (the text a person reads,
-    :func:`pneumo.wording.probability_text`) and ``warning`` (every warning, joined).
+    :func:`pneumo.reading.wording.probability_text`) and ``warning`` (every warning, joined).
     Numbers are rounded for the table (probabilities 4 decimals, the threshold 3)."""
-    from pneumo.wording import probability_text
+    from pneumo.reading.wording import probability_text
 
     rows = []
     for r in readings:

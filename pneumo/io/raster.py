@@ -1,5 +1,5 @@
 """PNG, JPEG, BMP, TIFF, GIF and WebP through Pillow: EXIF orientation, any mode to grey or RGB
-uint8, reduced decoding of large files (see :mod:`pneumo.images` on memory)."""
+uint8, reduced decoding of large files (see :mod:`pneumo.io.images` on memory)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
 from pneumo import config
-from pneumo.imagebase import (
+from pneumo.io.base import (
     TRY_AGAIN,
     DecodedImage,
     ImageError,

@@ -1,7 +1,7 @@
 """One inference queue per server: every session's images go through one worker, in shared batches.
 
 :class:`InferenceQueue` is explainer-like (``explain(images)`` -> one Explanation per image), so
-:func:`pneumo.reader.read_batch` takes it in place of an explainer. A single worker thread owns
+:func:`pneumo.reading.reader.read_batch` takes it in place of an explainer. A single worker thread owns
 the model. When several callers are waiting, it takes the first request, waits at most
 ``max_wait_s`` (10 ms) for others to join, and runs them as one batch of at most ``max_batch``
 images; a caller alone is served at once, with no wait. A caller's images go in requests of at

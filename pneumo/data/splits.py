@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import config
-from pneumo.images import SUPPORTED_EXTENSIONS, load_image
+from pneumo.io.images import SUPPORTED_EXTENSIONS, load_image
 
 SPLITS = ("train", "val", "test")
 

@@ -1,6 +1,6 @@
 """Image quality checks on real radiographs: turned or flipped, inverted grey scale, low resolution.
 
-The "not a chest X-ray" check (:mod:`pneumo.ood`) is for pictures that are not radiographs. This
+The "not a chest X-ray" check (:mod:`pneumo.models.ood`) is for pictures that are not radiographs. This
 module is for the mistakes made with real ones:
 
 - **orientation**: turned 90 deg either way, 180 deg, or flipped top to bottom;

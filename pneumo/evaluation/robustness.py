@@ -2,7 +2,7 @@
 
 Each re-encoding takes one file's bytes and returns new file bytes, made the ways a user's file
 may differ from the 224 px JPEG (quality 75) copies the model was trained on. The new bytes go
-through the app's own decode path (:func:`pneumo.images.load_image`), so decoding, EXIF,
+through the app's own decode path (:func:`pneumo.io.images.load_image`), so decoding, EXIF,
 resizing and the model all take part, as in the app.
 
     png_2x      the same pixels up-sampled 2x (bicubic), lossless PNG
@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from pneumo.images import decode_image, load_image
-from pneumo.metrics import flagged
+from pneumo.evaluation.metrics import flagged
+from pneumo.io.images import decode_image, load_image
 
 CROP_FRACTION = 0.05  # of the width (height) cut from the left and right (top and bottom)
 
@@ -79,8 +79,8 @@ def probabilities(predictor, files: Sequence[bytes],
                   transform: Callable[[bytes], bytes] | None = None, chunk: int = 64) -> np.ndarray:
     """P(pneumonia) for each file (optionally re-encoded first), decoded by the app's path.
 
-    ``predictor`` has ``predict((N, 224, 224, 3) uint8) -> (N,)`` like :class:`pneumo.model.Predictor`;
-    files are decoded ``chunk`` at a time to keep memory flat.
+    ``predictor`` has ``predict((N, 224, 224, 3) uint8) -> (N,)`` like
+    :class:`pneumo.models.classifier.Predictor`; files are decoded ``chunk`` at a time to keep memory flat.
     """
     out = []
     for start in range(0, len(files), chunk):
@@ -91,7 +91,7 @@ def probabilities(predictor, files: Sequence[bytes],
 
 
 def summarize(base: np.ndarray, changed: np.ndarray, threshold: float) -> dict[str, float]:
-    """Decision flips at ``threshold`` (:func:`pneumo.metrics.flagged`) and |dp| figures,
+    """Decision flips at ``threshold`` (:func:`pneumo.evaluation.metrics.flagged`) and |dp| figures,
     dp = changed - base."""
     base, changed = np.asarray(base, dtype=np.float64), np.asarray(changed, dtype=np.float64)
     if base.shape != changed.shape or base.size == 0:

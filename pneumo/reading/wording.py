@@ -89,6 +89,6 @@ def lung_share_text(share: float) -> str:
 
 def lung_caution(share: float) -> str | None:
     """The caution when less than ``config.LUNG_CAUTION_SHARE`` of the heat map is in the lungs."""
-    from pneumo.lungs import OUTSIDE_LUNGS_CAUTION
+    from pneumo.models.lungs import OUTSIDE_LUNGS_CAUTION
 
     return OUTSIDE_LUNGS_CAUTION if share < config.LUNG_CAUTION_SHARE else None

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from pneumo import config
-from pneumo import metrics as m
+from pneumo.evaluation import metrics as m
 
 NORMAL_COLOUR = config.CLASS_COLOURS["NORMAL"]
 PNEUMONIA_COLOUR = config.CLASS_COLOURS["PNEUMONIA"]
@@ -28,7 +28,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 370) -> go
 def recall_vs_threshold(labels, probs, threshold: float, at: dict[str, float]) -> go.Figure:
     """NORMAL recall (specificity) and PNEUMONIA recall (sensitivity) across thresholds.
 
-    ``at``: :func:`pneumo.metrics.rates` at ``threshold`` (computed once by the page).
+    ``at``: :func:`pneumo.evaluation.metrics.rates` at ``threshold`` (computed once by the page).
     """
     grid = np.linspace(0, 1, 201)
     c = m.recall_curves(labels, probs, grid)

@@ -236,7 +236,7 @@ def read_predictions(split_or_path: str | Path, weights_dir: Path | None = None
 
 def write_predictions(split: str, samples: list, probabilities: np.ndarray,
                       weights_dir: Path | None = None) -> Path:
-    """Write a split's predictions (``samples``: :class:`pneumo.data.Sample`)."""
+    """Write a split's predictions (``samples``: :class:`pneumo.data.splits.Sample`)."""
     path = predictions_file(split, weights_dir)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PREDICTION_FIELDS)
@@ -282,7 +282,7 @@ def read_history(weights_dir: Path | None = None) -> dict[str, list] | None:
 # --- other records ----------------------------------------------------------------------------
 
 def ood_file(weights_dir: Path | None = None) -> Path:
-    """The out-of-distribution reference (its format is :class:`pneumo.ood.OodDetector`'s)."""
+    """The out-of-distribution reference (its format is :class:`pneumo.models.ood.OodDetector`'s)."""
     return weights_file(config.OOD_FILE, weights_dir)
 
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
-from pneumo import artifacts, config, reader, site, wording
-from pneumo.reader import Reading, decide
+from pneumo import config
+from pneumo.evaluation import artifacts
+from pneumo.reading import reader, site, wording
+from pneumo.reading.reader import Reading, decide
 
 THRESHOLD_KEY = "threshold"
 _SLIDER_KEY = "threshold_slider"
@@ -25,7 +27,7 @@ DECISION_COLOURS = config.CLASS_COLOURS
 
 
 def explainer():
-    """The server's one inference queue (:class:`pneumo.serving.InferenceQueue`): every session's
+    """The server's one inference queue (:class:`pneumo.models.serving.InferenceQueue`): every session's
     images go through one worker that owns the model and batches them together.
 
     Created (and the model loaded and warmed up in the background) by the entry script's first
@@ -47,8 +49,8 @@ def _release_queue(queue) -> None:
 
 @st.cache_resource(show_spinner=False, max_entries=1, on_release=_release_queue)
 def _inference_queue(path: str, stamp: tuple[int, int] | None):
-    from pneumo.runtime import load_explainer
-    from pneumo.serving import InferenceQueue
+    from pneumo.models.runtime import load_explainer
+    from pneumo.models.serving import InferenceQueue
 
     return InferenceQueue(lambda: load_explainer(path))
 
@@ -69,7 +71,7 @@ def segmenter():
 
 @st.cache_resource(show_spinner="Loading the lung-field model (once per server)...")
 def _segmenter(path: str, stamp: int):
-    from pneumo.lungs import LungSegmenter
+    from pneumo.models.lungs import LungSegmenter
 
     try:
         seg = LungSegmenter.load(path)
@@ -98,7 +100,7 @@ def quality_checker():
 def _quality_checker(path: str, stamp: int | None):
     from pathlib import Path
 
-    from pneumo.quality import MODEL_UNUSABLE, QualityChecker
+    from pneumo.models.quality import MODEL_UNUSABLE, QualityChecker
 
     try:
         checker = QualityChecker.load(Path(path).parent)
@@ -114,7 +116,7 @@ def _quality_checker(path: str, stamp: int | None):
 @st.cache_resource(show_spinner=False)
 def ood_detector():
     """The out-of-distribution check, or None when its reference file is missing."""
-    from pneumo import ood
+    from pneumo.models import ood
 
     return ood.load_detector()
 
@@ -212,7 +214,7 @@ def current_readings(readings: list[Reading]) -> list[Reading]:
     return [corrected_reading(r) or r for r in readings]
 
 
-# --- site calibration (pneumo.site) ---
+# --- site calibration (pneumo.reading.site) ---
 
 def _stamp(path) -> tuple[int, int] | None:
     try:
@@ -479,9 +481,9 @@ def card_images(reading: Reading, method: str, opacity: float, threshold: float,
     """The original (with the lung outline when asked and known) and the overlay.
 
     Below the threshold the heat map is hidden unless ``show_below_threshold``; then it is drawn
-    fainter the lower the probability (:func:`pneumo.explain.heatmap_strength`).
+    fainter the lower the probability (:func:`pneumo.models.explain.heatmap_strength`).
     """
-    from pneumo.explain import draw_outline, heatmap_strength, overlay
+    from pneumo.models.explain import draw_outline, heatmap_strength, overlay
 
     original = reading.display
     edge = None

@@ -11,7 +11,7 @@ With that constant gradient Grad-CAM is ``ReLU(sum_k a w_k A_k)`` normalised (th
 activation map), and Grad-CAM++'s formula collapses to one weight per channel
 (:func:`gradcam_plus_plus_from_features`). So probability, both maps and the pooled features
 (for the OOD check) come from ONE forward pass, with no gradient tape: :class:`CamExplainer`
-runs it in Keras, :mod:`pneumo.runtime` in a faster runtime. Tests keep both equal to
+runs it in Keras, :mod:`pneumo.models.runtime` in a faster runtime. Tests keep both equal to
 tf-keras-vis.
 """
 
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from pneumo import config
-from pneumo.metrics import flagged
+from pneumo.evaluation.metrics import flagged
 
 METHODS = ("Grad-CAM", "Grad-CAM++")
 _EPS = 1e-7  # tf-keras-vis's normalisation epsilon: keras.backend.epsilon() (a test checks it)
@@ -51,7 +51,8 @@ class Head:
 
     @classmethod
     def of(cls, model) -> Head:
-        """Read the head's weights from the Keras classifier (:func:`pneumo.model.build_classifier`)."""
+        """Read the head's weights from the Keras classifier
+        (:func:`pneumo.models.classifier.build_classifier`)."""
         logit, calibration = model.get_layer(config.LOGIT_LAYER), model.get_layer(config.CALIBRATION_LAYER)
         pool = model.get_layer("avg_pool")
         if (type(pool).__name__ != "GlobalAveragePooling2D"

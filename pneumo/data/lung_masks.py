@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from pneumo import config
-from pneumo.data import patient_id
-from pneumo.images import load_image
+from pneumo.data.splits import patient_id
+from pneumo.io.images import load_image
 
 FITTING_LICENCES = ("CC BY 3.0", "CC BY 4.0")
 

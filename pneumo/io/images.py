@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 
 from pneumo import config
-from pneumo.dicom import decode_dicom, is_dicom, looks_like_bare_dicom
-from pneumo.imagebase import TRY_AGAIN, DecodedImage, ImageError, as_rgb, check_size, too_big_to_read
-from pneumo.raster import decode_raster
+from pneumo.io.base import TRY_AGAIN, DecodedImage, ImageError, as_rgb, check_size, too_big_to_read
+from pneumo.io.dicom import decode_dicom, is_dicom, looks_like_bare_dicom
+from pneumo.io.raster import decode_raster
 
 SUPPORTED_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm")
 
@@ -42,7 +42,8 @@ def decode_image(data: bytes, max_side: int | None = None) -> DecodedImage:
     decoded reduced by the JPEG decoder itself (1/2, 1/4 or 1/8 scale, ``draft``), keeping at
     least ``max_side`` and ``config.IMAGE_SIZE`` pixels: several times faster, and within a few
     grey levels of the full decode after the caller's resize (``tests/test_images.py`` measures
-    by how much). Other formats are decoded as without the hint.
+    by how much). A 16-bit image is likewise reduced by an integer factor dividing both sides,
+    averaged in 16 bits before its stretch to 8 bits. Other images are decoded as without the hint.
     """
     try:
         data = _as_bytes(data)
@@ -113,7 +114,7 @@ def to_model_input(rgb: np.ndarray) -> np.ndarray:
     return as_rgb(rgb)
 
 
-READ_MAX_SIDE = 768  # the app's display copy (pneumo.reader.DISPLAY_MAX_SIDE): see load_image
+READ_MAX_SIDE = 768  # the app's display copy (pneumo.reading.reader.DISPLAY_MAX_SIDE): see load_image
 
 
 def load_image(source: bytes | str | Path) -> np.ndarray:

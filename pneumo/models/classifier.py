@@ -1,6 +1,6 @@
 """The classifier: EfficientNet-Lite0 (public Keras layers, Lite settings) with a calibrated head.
 
-The network takes RGB pixels 0-255 (see :mod:`pneumo.images`) and outputs the calibrated
+The network takes RGB pixels 0-255 (see :mod:`pneumo.io.images`) and outputs the calibrated
 probability of pneumonia. Its last layer, ``calibration``, is a one-weight Dense with a sigmoid:
 ``p = sigmoid(a * logit + b)`` (Platt scaling). It is the identity calibration (a=1, b=0)
 during training and is fitted on validation afterwards, so the saved model only ever emits

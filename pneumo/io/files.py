@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pneumo.imagebase import too_big_to_read
-from pneumo.images import SUPPORTED_EXTENSIONS
+from pneumo.io.base import too_big_to_read
+from pneumo.io.images import SUPPORTED_EXTENSIONS
 
 
 def find_images(folder: Path, exclude: Path | None = None) -> list[Path]:

@@ -1,7 +1,7 @@
 """Lung fields: a small U-Net segmenter, mask clean-up, and how much of a heat map lies in the lungs.
 
 The segmenter takes exactly the classifier's input (224x224 RGB 0-255 from
-:func:`pneumo.images.load_image`), works at ``config.LUNG_INPUT_SIZE`` inside the model and
+:func:`pneumo.io.images.load_image`), works at ``config.LUNG_INPUT_SIZE`` inside the model and
 returns a 224x224 lung probability. :func:`clean_mask` keeps the two largest components and
 fills holes. :func:`heatmap_in_lungs` measures a Grad-CAM map against a mask the way the app
 draws it (the same upsampling as the overlay).
@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from pneumo import config
-from pneumo.lung_data import resize_mask
+from pneumo.data.lung_masks import resize_mask
 
 NO_LUNGS_WARNING = ("No plausible lung fields were found in this image. It may not be a frontal "
                     "chest X-ray, or it is cut off, rotated or inverted.")
@@ -111,7 +111,7 @@ def heatmap_in_lungs(cam: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
     ``cam`` is a coarse map (e.g. 7x7, 0..1); it is upsampled to the mask's size exactly as the
     overlay upsamples it. An all-zero map has share NaN and no peak inside.
     """
-    from pneumo.explain import upsample
+    from pneumo.models.explain import upsample
 
     mask = np.asarray(mask, bool)
     up = upsample(cam, *mask.shape)

@@ -1,0 +1,2 @@
+"""Streamlit helpers and charts (the only package that imports Streamlit).
+"""

@@ -1,0 +1,2 @@
+"""Command-line programs (``python -m pneumo.<verb>``); nothing imports them.
+"""

@@ -1,0 +1,504 @@
+"""Training CLI: ``python -m pneumo.train --data PATH [--epochs N] [--out weights/]``.
+
+1. Decode every image once with the app's preprocessing (:func:`pneumo.io.images.load_image`).
+2. Head-only phase: ImageNet Lite0 features are computed once (no augmentation) and the
+   logistic head is fitted on them; its validation AUC is the frozen-feature baseline.
+3. Lung fields: the lung-field segmenter (``weights/lungs.keras``) draws a mask for every
+   training and validation image (never a test mask).
+4. Fine-tuning: blocks from ``--finetune-from`` on are trained with BatchNorm frozen, class
+   weights, augmentation against the film's shortcuts (:mod:`pneumo.data.augment`: zoom-in crops,
+   translations, rotation, resizing, blur/sharpen, JPEG re-encoding or none, exposure, noise;
+   no flips) and a penalty on the share of the class-activation map that lies outside the
+   lungs (``--lung-penalty``). The checkpoint is chosen by validation log loss (validation
+   AUC is saturated on this data), and the average of the last epochs' weights is kept instead
+   when its validation loss is lower. Every epoch is checkpointed; ``--resume`` continues.
+5. Platt calibration is fitted on validation logits (originals + training-augmented copies)
+   and stored in the model's last layer.
+
+Writes ``pneumo.keras``, ``history.csv`` and ``training.json`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pneumo import config
+from pneumo.data.augment import augment_example
+from pneumo.data.splits import class_counts, fingerprint, load_arrays, load_splits
+from pneumo.evaluation import artifacts
+from pneumo.evaluation.metrics import fit_platt, log_loss, roc_auc
+from pneumo.models.classifier import (
+    backbone_layers,
+    build_classifier,
+    logit_model,
+    set_calibration,
+)
+
+CAM_MASS_EPSILON = 1.0  # added to the CAM's total mass so an all-negative map has no penalty
+
+
+def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batch_size: int,
+                 seed: int = config.SEED, views: int = 1) -> tf.data.Dataset:
+    """Training batches of ((float32 RGB 0-255, lung mask 0/1), label), shuffled and augmented.
+
+    With ``views=2`` every image appears twice in its batch, augmented independently, as
+    neighbours (rows 2i and 2i+1), for the consistency term; a batch then holds
+    ``batch_size / 2`` images and the data set repeats.
+    """
+    size = config.IMAGE_SIZE
+    ds = tf.data.Dataset.from_tensor_slices((images, masks[..., None], labels[:, None]))
+    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+
+    def prepare(x, m, y):
+        if views == 1:
+            x, m = augment_example(x, m)
+            return (x, m), y
+        (xa, ma), (xb, mb) = augment_example(x, m), augment_example(x, m)
+        return (tf.stack([xa, xb]), tf.stack([ma, mb])), tf.stack([y, y])
+
+    def flatten(xm, y):
+        x, m = xm
+        x = tf.reshape(x, [-1, size, size, 3])
+        return (x, tf.reshape(m, [-1, size, size, 1])), tf.reshape(y, [-1, 1])
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(max(1, batch_size // views))
+    if views > 1:
+        ds = ds.map(flatten).repeat()
+    return ds.prefetch(2)
+
+
+def cam_outside_share(features: tf.Tensor, kernel: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """Per image: share of the positive class-activation map outside the lungs.
+
+    ``features`` (N, h, w, K) last feature map, ``kernel`` (K, 1) the logit layer's weights,
+    ``masks`` (N, H, W, 1) lung masks 0/1 at the input size (pooled to h x w).
+    """
+    cam = tf.nn.relu(tf.einsum("nhwk,ko->nhw", features, kernel))
+    pool = masks.shape[1] // features.shape[1]
+    lungs = tf.nn.avg_pool2d(masks, pool, pool, "VALID")[..., 0]
+    return tf.reduce_sum(cam * (1.0 - lungs), axis=[1, 2]) / (
+        tf.reduce_sum(cam, axis=[1, 2]) + CAM_MASS_EPSILON)
+
+
+class LungGuidedTraining(keras.Model):
+    """Fine-tunes a classifier on class-weighted log loss + ``penalty`` x CAM share outside lungs."""
+
+    def __init__(self, classifier: keras.Model, weights: dict[int, float], penalty: float,
+                 consistency: float = 0.0):
+        super().__init__()
+        self.consistency = float(consistency)
+        self.classifier = classifier
+        self.parts = keras.Model(classifier.input, [classifier.get_layer(config.LOGIT_LAYER).output,
+                                                    classifier.get_layer(config.CAM_LAYER).output])
+        self.class_weight_values = (float(weights[0]), float(weights[1]))
+        self.penalty = float(penalty)
+        self.auc = keras.metrics.AUC(name="auc")
+        self.means = {k: keras.metrics.Mean(name=k) for k in ("loss", "bce", "outside", "consistency")}
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [*self.means.values(), self.auc]
+
+    def train_step(self, data):
+        (x, masks), y = data
+        w0, w1 = self.class_weight_values
+        weights = y[:, 0] * w1 + (1.0 - y[:, 0]) * w0
+        variables = self.classifier.trainable_variables
+        with tf.GradientTape() as tape:
+            logit, features = self.parts(x, training=True)
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logit)[:, 0]
+            bce = tf.reduce_sum(bce * weights) / tf.reduce_sum(weights)
+            kernel = self.classifier.get_layer(config.LOGIT_LAYER).kernel
+            outside = tf.reduce_mean(cam_outside_share(features, kernel, masks))
+            loss = bce + self.penalty * outside
+            consistency = tf.constant(0.0)
+            if self.consistency > 0:  # rows 2i and 2i+1 are two views of one image
+                pairs = tf.reshape(logit[:, 0], [-1, 2])
+                consistency = tf.reduce_mean(tf.square(pairs[:, 0] - pairs[:, 1]))
+                loss = loss + self.consistency * consistency
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        for name, value in (("loss", loss), ("bce", bce), ("outside", outside),
+                            ("consistency", consistency)):
+            self.means[name].update_state(value)
+        self.auc.update_state(y, tf.sigmoid(logit))
+        return {m.name: m.result() for m in self.metrics}
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Balanced weights n / (2 * n_class)."""
+    n = len(labels)
+    return {c: float(n / (2.0 * max(1, int((labels == c).sum())))) for c in (0, 1)}
+
+
+def set_finetune_trainable(model: keras.Model, first_block: str) -> int:
+    """Train backbone layers from ``first_block`` on, except BatchNorm; return trainable count."""
+    trainable = False
+    for layer in backbone_layers(model):
+        if layer.name.startswith(first_block):
+            trainable = True
+        layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop after the epoch during which ``minutes`` ran out."""
+
+    def __init__(self, minutes: float | None, started: float):
+        super().__init__()
+        self.deadline = None if minutes is None else started + minutes * 60
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.deadline is not None and time.time() > self.deadline:
+            print(f"\ntime budget reached after epoch {epoch + 1}; stopping")
+            self.model.stop_training = True
+
+
+class ValidationScorer:
+    """Validation log loss, AUC and CAM share outside the lungs of a classifier (one traced graph)."""
+
+    def __init__(self, classifier: keras.Model, images: np.ndarray, masks: np.ndarray,
+                 labels: np.ndarray):
+        self.images, self.labels = images, labels
+        self.masks = masks[..., None].astype("float32")
+        parts = keras.Model(classifier.input, [classifier.get_layer(config.LOGIT_LAYER).output,
+                                               classifier.get_layer(config.CAM_LAYER).output])
+        kernel = classifier.get_layer(config.LOGIT_LAYER).kernel
+
+        def run(x, m):
+            logit, features = parts(x, training=False)
+            return logit[:, 0], cam_outside_share(features, kernel, m)
+
+        self._run = tf.function(run)
+
+    def __call__(self, batch_size: int = 64) -> dict[str, float]:
+        logits, outside = [], []
+        for i in range(0, len(self.images), batch_size):
+            lo, out = self._run(tf.constant(self.images[i:i + batch_size], tf.float32),
+                                tf.constant(self.masks[i:i + batch_size]))
+            logits.append(lo.numpy())
+            outside.append(out.numpy())
+        logit = np.concatenate(logits)
+        return {"val_loss": log_loss(self.labels, 1.0 / (1.0 + np.exp(-logit))),
+                "val_auc": roc_auc(self.labels, logit),
+                "val_outside": float(np.mean(np.concatenate(outside)))}
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Each epoch: score validation, append to history.csv, save last.keras and the epoch's
+    weights (for averaging), and best.keras when the validation log loss improves."""
+
+    def __init__(self, out: Path, state: dict, started: float, scorer: ValidationScorer,
+                 classifier: keras.Model):
+        super().__init__()
+        self.out, self.state, self.started = out, state, started
+        self.scorer, self.classifier = scorer, classifier
+        self.epoch_started = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs.update(self.scorer())
+        row = {"phase": "finetune", "epoch": epoch + 1,
+               **{k: float(logs[k]) for k in artifacts.HISTORY_FIELDS if k in logs},
+               "loss": float(logs["bce"]),  # comparable with the head phase and val_loss
+               "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               "seconds": round(time.time() - self.epoch_started, 1)}
+        artifacts.append_history(row, self.out)
+        print(f"\nepoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                  if isinstance(v, float)))
+        ckpt = self.out / "checkpoints"
+        if logs["val_loss"] < self.state.get("best_val_loss", np.inf):
+            self.state.update(best_val_loss=float(logs["val_loss"]), best_val_auc=float(logs["val_auc"]),
+                              best_epoch=epoch + 1)
+            self.classifier.save(ckpt / "best.keras")
+        self.classifier.save(ckpt / "last.keras")
+        self.classifier.save_weights(ckpt / f"epoch{epoch + 1}.weights.h5")
+        self.state["epochs_done"] = epoch + 1
+        self.state["elapsed_seconds"] = self.state.get("elapsed_before", 0.0) + time.time() - self.started
+        (ckpt / "state.json").write_text(json.dumps(self.state, indent=2))
+        if epoch + 1 - self.state["best_epoch"] >= config.EARLY_STOPPING_PATIENCE:
+            print(f"\nno validation-loss improvement for {config.EARLY_STOPPING_PATIENCE} epochs; stopping")
+            self.model.stop_training = True
+
+
+def fit_head(model: keras.Model, x_train, y_train, x_val, y_val, epochs: int, batch_size: int,
+             out: Path) -> float:
+    """Fit the logit layer on frozen, cached Lite0 features; return the baseline val AUC."""
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)
+    f_train = features.predict(x_train, batch_size=64, verbose=1)
+    f_val = features.predict(x_val, batch_size=64, verbose=1)
+    inp = keras.Input(f_train.shape[1:])
+    drop = keras.layers.Dropout(config.DROPOUT_RATE)(inp)
+    head = keras.layers.Dense(1)
+    head_model = keras.Model(inp, keras.layers.Activation("sigmoid")(head(drop)))
+    head_model.compile(keras.optimizers.Adam(config.HEAD_LEARNING_RATE), "binary_crossentropy",
+                       metrics=[keras.metrics.AUC(name="auc")])
+    for epoch in range(epochs):
+        started = time.time()
+        h = head_model.fit(f_train, y_train, batch_size=batch_size, epochs=1, verbose=0,
+                           class_weight=class_weights(y_train), validation_data=(f_val, y_val))
+        row = {k: float(v[0]) for k, v in h.history.items()}
+        artifacts.append_history({"phase": "head", "epoch": epoch + 1,
+                                  "lr": config.HEAD_LEARNING_RATE,
+                                  "seconds": round(time.time() - started, 1), **row}, out)
+    model.get_layer(config.LOGIT_LAYER).set_weights(head.get_weights())
+    baseline = roc_auc(y_val, head_model.predict(f_val, verbose=0))
+    print(f"head-only (frozen ImageNet features) val AUC = {baseline:.4f}")
+    return baseline
+
+
+def cached_arrays(out: Path, splits: dict, lungs_path: Path) -> dict[str, np.ndarray]:
+    """Decoded train/val images, labels and segmenter lung masks, cached in checkpoints/."""
+    from pneumo.models.lungs import LungSegmenter
+
+    cache = out / "checkpoints" / "arrays.npz"
+    key = fingerprint(splits["train"] + splits["val"])[:16] + "-" + \
+        hashlib.sha256(Path(lungs_path).read_bytes()).hexdigest()[:16]
+    if cache.exists():
+        with np.load(cache) as f:
+            if str(f["key"]) == key:
+                print(f"decoded images and lung masks from {cache}")
+                return {k: f[k] for k in f.files}
+    segmenter = LungSegmenter.load(lungs_path)
+    arrays = {"key": np.array(key)}
+    for split in ("train", "val"):
+        images, labels = load_arrays(splits[split])
+        masks = np.stack([f.mask for f in segmenter.fields(images)]) if len(images) else \
+            np.zeros((0, config.IMAGE_SIZE, config.IMAGE_SIZE), bool)
+        arrays.update({f"x_{split}": images, f"y_{split}": labels, f"m_{split}": masks.astype("uint8")})
+    np.savez(cache, **arrays)
+    return arrays
+
+
+def average_weights(model: keras.Model, files: list[Path]) -> None:
+    """Set ``model``'s weights to the mean of the saved weight files."""
+    total = None
+    for path in files:
+        model.load_weights(path)
+        weights = [w.astype("float64") for w in model.get_weights()]
+        total = weights if total is None else [t + w for t, w in zip(total, weights)]
+    model.set_weights([t / len(files) for t in total])
+
+
+def train(args: argparse.Namespace) -> dict:
+    started = time.time()
+    keras.utils.set_random_seed(config.SEED)
+    out: Path = args.out
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(args.data)
+    if args.limit:
+        splits = {k: _limit(v, args.limit) for k, v in splits.items()}
+    print({k: class_counts(v) for k, v in splits.items()})
+    a = cached_arrays(out, splits, args.lungs)
+    x_train, y_train, m_train = a["x_train"], a["y_train"], a["m_train"]
+    x_val, y_val, m_val = a["x_val"], a["y_val"], a["m_val"]
+    steps_per_epoch = int(np.ceil(len(x_train) / args.batch_size))
+
+    state_path = ckpt / "state.json"
+    state = json.loads(state_path.read_text()) if args.resume and state_path.exists() else {}
+    if state.get("epochs_done"):
+        print(f"resuming after fine-tuning epoch {state['epochs_done']}")
+        model = keras.saving.load_model(ckpt / "last.keras", compile=False)
+        baseline = state["head_val_auc"]
+        state["elapsed_before"] = state.get("elapsed_seconds", 0.0)
+    else:
+        artifacts.history_file(out).unlink(missing_ok=True)
+        for old in ckpt.glob("epoch*.weights.h5"):
+            old.unlink()
+        model = build_classifier(args.imagenet)
+        for layer in backbone_layers(model):
+            layer.trainable = False
+        baseline = fit_head(model, x_train, y_train, x_val, y_val, args.head_epochs,
+                            args.batch_size, out)
+        state = {"head_val_auc": baseline, "epochs_done": 0}
+    n_trainable = set_finetune_trainable(model, args.finetune_from)
+    print(f"fine-tuning {n_trainable:,} weights from {args.finetune_from} on")
+    schedule = keras.optimizers.schedules.CosineDecay(args.lr, args.epochs * steps_per_epoch, alpha=0.05)
+    trainer = LungGuidedTraining(model, class_weights(y_train), args.lung_penalty, args.consistency)
+    views = 2 if args.consistency > 0 else 1
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule))
+    trainer.optimizer.build(model.trainable_variables)
+    trainer.optimizer.iterations.assign(state["epochs_done"] * steps_per_epoch)
+    scorer = ValidationScorer(model, x_val, m_val, y_val)
+
+    if state["epochs_done"] < args.epochs:
+        trainer.fit(
+            make_dataset(x_train, m_train, y_train, args.batch_size,
+                         seed=config.SEED + state["epochs_done"], views=views),
+            epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch if views > 1 else None,
+            initial_epoch=state["epochs_done"],
+            callbacks=[Checkpoint(out, state, started, scorer, model), TimeBudget(args.max_minutes, started)],
+            verbose=args.verbose,
+        )
+
+    # The checkpoint: the best epoch by validation log loss, or the average of the last epochs'
+    # weights when that has a lower validation log loss.
+    best = keras.saving.load_model(ckpt / "best.keras", compile=False)
+    choice = {"best_epoch": state.get("best_epoch"), "best_epoch_val_loss": state.get("best_val_loss")}
+    done = state["epochs_done"]
+    last = [ckpt / f"epoch{e}.weights.h5" for e in range(max(1, done - args.average_last + 1), done + 1)]
+    last = [p for p in last if p.exists()]
+    if len(last) >= 2:
+        averaged = keras.saving.load_model(ckpt / "last.keras", compile=False)
+        average_weights(averaged, last)
+        avg_scores = ValidationScorer(averaged, x_val, m_val, y_val)()
+        choice.update(averaged_epochs=[int(p.name[5:].split(".")[0]) for p in last],
+                      averaged_val_loss=avg_scores["val_loss"], averaged_val_auc=avg_scores["val_auc"])
+        if avg_scores["val_loss"] < state.get("best_val_loss", np.inf):
+            best = averaged
+    choice["chosen"] = "averaged" if best is not None and "averaged_val_loss" in choice and \
+        choice["averaged_val_loss"] < (choice["best_epoch_val_loss"] or np.inf) else "best_epoch"
+    model = best
+    calibration = fit_calibration(model, x_val, m_val, y_val)
+    model.save(out / config.MODEL_FILE)
+    final = ValidationScorer(model, x_val, m_val, y_val)()
+
+    report = {
+        "model": "EfficientNet-Lite0 (Keras builder, ImageNet init) + logistic head + Platt",
+        "config": {
+            "image_size": config.IMAGE_SIZE, "batch_size": args.batch_size,
+            "head_epochs": args.head_epochs, "max_finetune_epochs": args.epochs,
+            "finetune_from": args.finetune_from, "learning_rate": args.lr,
+            "early_stopping_patience": config.EARLY_STOPPING_PATIENCE, "seed": config.SEED,
+            "val_fraction": config.VAL_FRACTION, "dropout": config.DROPOUT_RATE,
+            "class_weights": class_weights(y_train), "limit": args.limit,
+            "lung_penalty": args.lung_penalty, "average_last": args.average_last,
+            "consistency": args.consistency,
+            "augmentation": "pneumo.data.augment (crop 50-100 % area, shift, rotation, resize, blur/"
+                            "sharpen, JPEG q30-95 or none, gamma/contrast/brightness, noise)",
+            "checkpoint_rule": "lowest validation log loss; average of the last epochs if lower",
+        },
+        "splits": {k: class_counts(v) for k, v in splits.items()},
+        "patients": {k: len({s.patient for s in v}) for k, v in splits.items()},
+        "head_only_val_auc": baseline,
+        "checkpoint": choice,
+        "best_epoch": state.get("best_epoch"),
+        "best_val_loss": state.get("best_val_loss"),
+        "best_val_auc": state.get("best_val_auc"),
+        "final_val": final,
+        "finetune_epochs_run": state.get("epochs_done"),
+        "calibration": calibration,
+        "duration_minutes": round(
+            (state.get("elapsed_before", 0.0) + time.time() - started) / 60, 1),
+        "versions": versions(),
+        "data_fingerprint": fingerprint([s for v in splits.values() for s in v]),
+        "data_path": str(args.data),
+    }
+    artifacts.write_training(report, out)
+    print(json.dumps({k: report[k] for k in ("checkpoint", "final_val", "head_only_val_auc",
+                                             "duration_minutes")}))
+    return report
+
+
+def fit_calibration(model: keras.Model, x_val: np.ndarray, m_val: np.ndarray, y_val: np.ndarray,
+                    views: int = config.CALIBRATION_AUGMENTED_VIEWS) -> dict:
+    """Fit Platt on the validation logits (originals + ``views`` augmented copies) and store it.
+
+    Returns the training record's ``calibration`` entry.
+    """
+    logits = logit_model(model)
+    z = [logits.predict(x_val, batch_size=64, verbose=0).ravel()]
+    tf.random.set_seed(config.SEED)
+    for _ in range(views):
+        copies = tf.data.Dataset.from_tensor_slices((x_val, m_val[..., None])) \
+            .map(augment_example).map(lambda image, mask: image).batch(64)
+        z.append(logits.predict(copies, verbose=0).ravel())
+    y = np.concatenate([y_val] * len(z))
+    scale, bias = fit_platt(np.concatenate(z), y)
+    set_calibration(model, scale, bias)
+    p_original = 1.0 / (1.0 + np.exp(-(scale * z[0] + bias)))
+    return {"method": "platt", "scale": scale, "bias": bias, "augmented_views": views,
+            "fitted_on": f"{len(y_val)} validation images x {len(z)} (original + {views} "
+                         "training-augmented copies)",
+            "val_log_loss_original_images": log_loss(y_val, p_original)}
+
+
+def recalibrate(args: argparse.Namespace) -> dict:
+    """Refit only the calibration of the trained model in ``args.out`` (no training)."""
+    splits = load_splits(args.data)
+    if args.limit:
+        splits = {k: _limit(v, args.limit) for k, v in splits.items()}
+    a = cached_arrays(args.out, splits, args.lungs)
+    path = args.out / config.MODEL_FILE
+    model = keras.saving.load_model(path, compile=False)
+    calibration = fit_calibration(model, a["x_val"], a["m_val"], a["y_val"])
+    model.save(path)
+    record = artifacts.read_training_dict(args.out)
+    calibration["previous"] = record.get("calibration")
+    record["calibration"] = calibration
+    artifacts.write_training(record, args.out)
+    print(json.dumps(calibration))
+    return calibration
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import PIL
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
+            "pillow": PIL.__version__}
+
+
+def _limit(samples, n):
+    """At most n samples per class (for smoke runs)."""
+    kept, seen = [], {0: 0, 1: 0}
+    for s in samples:
+        if seen[s.label] < n:
+            kept.append(s)
+            seen[s.label] += 1
+    return kept
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train pneumo's EfficientNet-Lite0 classifier.")
+    p.add_argument("--data", type=Path, required=True, help="Kaggle-layout chest_xray folder")
+    p.add_argument("--out", type=Path, default=config.WEIGHTS_DIR)
+    p.add_argument("--epochs", type=int, default=config.FINETUNE_EPOCHS, help="fine-tuning epochs")
+    p.add_argument("--head-epochs", type=int, default=config.HEAD_EPOCHS,
+                   help="epochs of the head on cached features (cheap)")
+    p.add_argument("--finetune-from", default="block3a", help="first backbone block to train")
+    p.add_argument("--lr", type=float, default=config.FINETUNE_LEARNING_RATE)
+    p.add_argument("--batch-size", type=int, default=config.BATCH_SIZE)
+    p.add_argument("--imagenet", type=Path, default=config.weights_path(config.IMAGENET_NOTOP_FILE))
+    p.add_argument("--lungs", type=Path, default=config.weights_path(config.LUNG_MODEL_FILE),
+                   help="lung-field segmenter that draws the training masks")
+    p.add_argument("--lung-penalty", type=float, default=config.LUNG_PENALTY,
+                   help="weight of the CAM-mass-outside-the-lungs term (0: off)")
+    p.add_argument("--consistency", type=float, default=config.CONSISTENCY_WEIGHT,
+                   help="weight of the squared logit difference between two views of an image "
+                        "(0: off; otherwise each batch holds half as many images, twice)")
+    p.add_argument("--average-last", type=int, default=config.AVERAGE_LAST_EPOCHS,
+                   help="average the weights of this many last epochs if validation prefers it")
+    p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this many minutes")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.keras")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="only refit the calibration of the model in --out (no training)")
+    p.add_argument("--limit", type=int, help="at most N images per class and split (smoke runs)")
+    p.add_argument("--verbose", type=int, default=1, help="Keras verbosity: 1 progress bar, 2 lines")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    recalibrate(args) if args.recalibrate else train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""Fast runtimes for the forward pass: OpenVINO (CPU plugin) or LiteRT (XNNPACK), both f32,
+built from the Keras model.
+
+Keras stays the training and reference path (:class:`pneumo.models.explain.CamExplainer`).
+:func:`load_explainer` gives the fastest explainer this machine has: the first installed runtime
+of :data:`AUTO_ORDER` (ordered by ``benchmarks/bench.py``'s measurement), else the Keras one. All
+return the same things for a batch (probability, both heat maps, pooled features), computed
+from one forward pass (:func:`pneumo.models.explain.explanations`); tests hold each runtime to Keras
+(probability within 1e-5) and to tf-keras-vis (heat maps).
+
+A runtime model is never edited or committed by hand. At first use it is converted from
+``weights/pneumo.keras`` and kept in a cache folder (``config.RUNTIME_CACHE_DIR``) under a key
+made of the ``.keras`` file's SHA-256, the runtime's version and :data:`FORMAT`; a replaced
+``.keras`` file gets a new key, so its runtime model is rebuilt at the next load and the old one
+removed. A process that finds the cached model does not import TensorFlow at all (cold start).
+
+OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with bf16 units it would otherwise
+pick bf16 and move probabilities by ~1e-3. LiteRT runs the f32 flatbuffer as converted.
+
+OpenVINO's Python package sends usage telemetry on import unless told otherwise. pneumo turns it
+off for the whole process before OpenVINO is first imported (``import pneumo`` does it;
+:func:`block_telemetry` also handles a process that imported it earlier): the
+``openvino_telemetry`` module is made unimportable, so OpenVINO falls back to its own no-op
+stub, writes no consent or client-id file and sends nothing. LiteRT has no telemetry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import config
+from pneumo.models.explain import ForwardExplainer, Head
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the conversion below changes: cached models of older formats are rebuilt
+MODEL_XML = "model.xml"
+LITERT_FILE = "model.tflite"
+HEAD_FILE = "head.npz"
+SOURCE_FILE = "source.json"
+OUTPUTS = ("probability", "logit", "features")
+
+
+def block_telemetry() -> None:
+    """Make OpenVINO's usage telemetry impossible in this process (idempotent).
+
+    Before OpenVINO is imported, ``openvino_telemetry`` is made unimportable (OpenVINO then uses
+    its no-op stub). If OpenVINO was already imported with telemetry, its modules are pointed at
+    the stub and the live telemetry object is told it has no consent.
+    """
+    telemetry = sys.modules.setdefault("openvino_telemetry", None)
+    if telemetry is None:
+        return
+    try:  # imported before pneumo could stop it: switch it off where it is used
+        import openvino.tools.ovc.telemetry_stub as stub
+
+        for name in ("openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.convert_impl",
+                     "openvino.tools.ovc.utils", "openvino.tools.ovc.main"):
+            module = sys.modules.get(name)
+            if module is not None and hasattr(module, "tm"):
+                module.tm = stub
+        instance = getattr(telemetry.Telemetry, "_SingletonMetaClass__single_instance", None)
+        if instance is not None:
+            instance.consent = False
+    except Exception:  # nothing to switch off
+        pass
+
+
+block_telemetry()
+
+
+_MODULES = {"openvino": "openvino", "litert": "ai_edge_litert.interpreter"}
+
+
+def available(backend: str = "openvino") -> bool:
+    """True when the backend's package can be imported."""
+    import importlib
+
+    try:
+        importlib.import_module(_MODULES[backend])
+    except ImportError:
+        return False
+    return True
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(backend: str) -> str:
+    from importlib.metadata import version
+
+    return version("openvino" if backend == "openvino" else "ai-edge-litert").split("-")[0]
+
+
+def cache_key(sha256: str, backend: str = "openvino") -> str:
+    """Folder name of the runtime model built from a ``.keras`` file with this SHA-256."""
+    return f"{backend}-{sha256[:32]}-v{_version(backend)}-f{FORMAT}"
+
+
+def _outputs_model(model):
+    import keras
+
+    return keras.Model(model.input, [model.output, model.get_layer(config.LOGIT_LAYER).output,
+                                     model.get_layer(config.CAM_LAYER).output])
+
+
+def convert_litert(model, folder: Path) -> None:
+    """Convert the Keras classifier to a LiteRT flatbuffer (f32) in ``folder``, via a SavedModel.
+
+    Outputs as :func:`convert`, read by name through the signature runner.
+    """
+    import tensorflow as tf
+
+    head = Head.of(model)
+    saved = folder / "saved_model"
+    _outputs_model(model).export(str(saved), format="tf_saved_model", verbose=False)
+    (folder / LITERT_FILE).write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+    shutil.rmtree(saved)
+    np.savez(folder / HEAD_FILE, kernel=head.kernel, scale=head.scale, bias=head.bias)
+
+
+def convert(model, folder: Path) -> None:
+    """Convert the Keras classifier to an OpenVINO model (f32 weights) in ``folder``.
+
+    Outputs, in order: calibrated probability (N, 1), logit (N, 1), last feature map
+    (N, 7, 7, 1280); the input is any batch of (224, 224, 3) float32 RGB 0-255.
+    """
+    import openvino as ov
+    import tensorflow as tf
+
+    head = Head.of(model)  # also checks that the head is the one the closed-form CAMs need
+    outputs = _outputs_model(model)
+    spec = tf.TensorSpec([None, config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS], tf.float32)
+    forward = tf.function(lambda x: outputs(x, training=False), input_signature=[spec])
+    ov_model = ov.convert_model(forward.get_concrete_function())
+    for output, name in zip(ov_model.outputs, OUTPUTS):
+        output.get_tensor().set_names({name})
+    ov.save_model(ov_model, folder / MODEL_XML, compress_to_fp16=False)
+    np.savez(folder / HEAD_FILE, kernel=head.kernel, scale=head.scale, bias=head.bias)
+
+
+def build_cached(model_path: Path, sha256: str, cache_dir: Path, backend: str = "openvino") -> Path:
+    """The cached runtime model's folder for ``model_path``, converting it first if needed.
+
+    Built in a temporary folder and renamed into place, so a reader never sees half a model and
+    two processes building at once both end with one complete copy. Entries beyond the
+    ``config.RUNTIME_CACHE_KEEP`` most recently used are removed once a new one is in place
+    (they belong to replaced ``.keras`` files).
+    """
+    folder = cache_dir / cache_key(sha256, backend)
+    if (folder / SOURCE_FILE).exists():
+        try:
+            os.utime(folder / SOURCE_FILE)  # recently used: kept when older entries are pruned
+        except OSError:
+            pass
+        return folder
+    from pneumo.models.classifier import load_model
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+    try:
+        (convert if backend == "openvino" else convert_litert)(load_model(model_path), tmp)
+        (tmp / SOURCE_FILE).write_text(json.dumps(
+            {"model": str(model_path), "sha256": sha256, "backend": backend, "format": FORMAT},
+            indent=1) + "\n")
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process put it there first
+            if not (folder / SOURCE_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _prune(cache_dir, backend)
+    log.info("built the %s model for %s in %s", backend, model_path.name, folder)
+    return folder
+
+
+def _prune(cache_dir: Path, backend: str) -> None:
+    def used(folder: Path) -> float:
+        try:
+            return (folder / SOURCE_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    entries = sorted((f for f in cache_dir.glob(f"{backend}-*") if f.is_dir()), key=used,
+                     reverse=True)
+    for old in entries[config.RUNTIME_CACHE_KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class OpenVinoExplainer(ForwardExplainer):
+    """The forward pass in OpenVINO's CPU runtime, f32; thread-safe (one call at a time).
+
+    Two compilations of the same model: one image runs on all cores at once (``LATENCY``: the
+    lowest time for one image); a batch is cut into chunks of :data:`CHUNK` images that run on one
+    stream per core (``THROUGHPUT``, one thread each: no barrier between the cores at every
+    layer, and a chunk's activations stay in that core's cache). Both give the same result to the
+    bit for an image, whatever it is batched with (tested).
+    """
+
+    runtime = "openvino"
+    CHUNK = 1  # images per throughput request (measured: 1 and 2 beat 3, 4, 5, 10 and the whole batch)
+
+    def __init__(self, folder: Path, threads: int | None = None):
+        import openvino as ov
+
+        with np.load(folder / HEAD_FILE) as head:
+            self.head = Head(head["kernel"].astype("float32"), float(head["scale"]),
+                             float(head["bias"]))
+        self.folder = folder
+        cores = int(threads or _cpus())
+        core = ov.Core()
+        base = {"INFERENCE_PRECISION_HINT": "f32"}  # never bf16: |dp| ~1e-3 on CPUs that have it
+        self.compiled = core.compile_model(
+            str(folder / MODEL_XML), "CPU",
+            {**base, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cores})
+        self._request = self.compiled.create_infer_request()
+        self.streams = cores
+        self._batched = None
+        if cores > 1:
+            self._batched = core.compile_model(
+                str(folder / MODEL_XML), "CPU",
+                {**base, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": cores,
+                 "INFERENCE_NUM_THREADS": cores})
+            self._requests = [self._batched.create_infer_request() for _ in range(2 * cores)]
+        self._lock = threading.Lock()
+
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images = np.ascontiguousarray(images, dtype="float32")
+        with self._lock:
+            if self._batched is None or len(images) < 2:
+                self._request.infer(images)
+                prob, logit, feats = (self._request.get_output_tensor(i).data.copy()
+                                      for i in range(len(OUTPUTS)))
+                return prob.reshape(-1), logit.reshape(-1), feats
+            return self._forward_chunks(images)
+
+    def _forward_chunks(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Chunks of :data:`CHUNK` images on the throughput streams, results written in place."""
+        n = len(images)
+        out: list[np.ndarray] | None = None
+        starts = list(range(0, n, self.CHUNK))
+        requests = self._requests
+        running: list[tuple[object, int]] = []
+
+        def collect(request, start: int) -> None:
+            nonlocal out
+            request.wait()
+            got = [request.get_output_tensor(i).data for i in range(len(OUTPUTS))]
+            if out is None:
+                out = [np.empty((n,) + g.shape[1:], g.dtype) for g in got]
+            for target, g in zip(out, got):
+                target[start:start + len(g)] = g
+
+        for k, start in enumerate(starts):
+            request = requests[k % len(requests)]
+            if k >= len(requests):
+                collect(*running[k - len(requests)])
+            request.start_async(images[start:start + self.CHUNK])
+            running.append((request, start))
+        for request, start in running[max(0, len(starts) - len(requests)):]:
+            collect(request, start)
+        prob, logit, feats = out
+        return prob.reshape(-1), logit.reshape(-1), feats
+
+
+class LiteRtExplainer(ForwardExplainer):
+    """The forward pass in LiteRT (XNNPACK, f32); thread-safe (one request at a time)."""
+
+    runtime = "litert"
+
+    def __init__(self, folder: Path, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        with np.load(folder / HEAD_FILE) as head:
+            self.head = Head(head["kernel"].astype("float32"), float(head["scale"]),
+                             float(head["bias"]))
+        self.folder = folder
+        self._interpreter = Interpreter(model_path=str(folder / LITERT_FILE),
+                                        num_threads=threads or _cpus())
+        self._runner = self._interpreter.get_signature_runner()
+        details = self._runner.get_input_details()
+        self._input = next(iter(details))
+        self._outputs = sorted(self._runner.get_output_details())  # output_0, output_1, output_2
+        self._lock = threading.Lock()
+
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images = np.ascontiguousarray(images, dtype="float32")
+        with self._lock:
+            out = self._runner(**{self._input: images})
+        prob, logit, feats = (np.array(out[name]) for name in self._outputs)
+        return prob.reshape(-1), logit.reshape(-1), feats
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_EXPLAINERS = {"openvino": OpenVinoExplainer, "litert": LiteRtExplainer}
+
+
+def _fast_explainer(model_path: Path, cache_dir: Path, backend: str) -> ForwardExplainer:
+    """From the cache; a cached model that cannot be loaded is rebuilt once."""
+    sha256 = file_sha256(model_path)
+    folder = build_cached(model_path, sha256, cache_dir, backend)
+    try:
+        return _EXPLAINERS[backend](folder)
+    except Exception as err:
+        log.warning("cached %s model in %s unusable (%s); rebuilding it", backend, folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return _EXPLAINERS[backend](build_cached(model_path, sha256, cache_dir, backend))
+
+
+AUTO_ORDER = ("openvino", "litert")  # "auto" tries these in turn (fastest measured first)
+
+
+def load_explainer(model_path: str | Path | None = None, runtime: str = config.RUNTIME,
+                   cache_dir: str | Path | None = None):
+    """The explainer to serve with: the first installed of :data:`AUTO_ORDER` (``"auto"``), else
+    Keras.
+
+    ``runtime``: "auto", "openvino" or "litert" (an error when it cannot be used) or "keras".
+    Raises ``FileNotFoundError`` (with how to train one) when there is no model file.
+    """
+    model_path = Path(model_path) if model_path is not None else config.weights_path(config.MODEL_FILE)
+    if not model_path.exists():  # (the words of pneumo.models.classifier.load_model, without importing Keras)
+        raise FileNotFoundError(
+            f"No model at {model_path}. Train one with `python -m pneumo.train --data PATH`."
+        )
+    if runtime not in ("auto", "keras", *_EXPLAINERS):
+        raise ValueError(f"unknown runtime {runtime!r}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else config.RUNTIME_CACHE_DIR
+    for backend in AUTO_ORDER if runtime == "auto" else (() if runtime == "keras" else (runtime,)):
+        if not available(backend):
+            if runtime != "auto":
+                raise ImportError(f"{_MODULES[backend].split('.')[0]} is not installed: "
+                                  "pip install -r requirements.txt")
+            log.info("%s is not installed", backend)
+            continue
+        try:
+            return _fast_explainer(model_path, cache_dir, backend)
+        except Exception as err:
+            if runtime != "auto":
+                raise
+            log.warning("%s runtime not used (%s)", backend, err)
+    from pneumo.models.classifier import load_model
+    from pneumo.models.explain import CamExplainer
+
+    return CamExplainer(load_model(model_path))
