@@ -59,13 +59,10 @@ if len(readings) > 1:
     rows = reader.worklist_rows(ui.current_readings(readings), threshold, ui.site_name())
     st.dataframe(
         rows, hide_index=True, width="stretch",
-        column_order=["file", "probability", "decision", "threshold", "gradcam_in_lungs",
-                      "corrected", "warning"],
+        column_order=["file", "probability", "decision", "threshold", "corrected", "warning"],
         column_config={
             "file": "File", "probability": "P(pneumonia)", "decision": "Decision",
-            "threshold": "Threshold",
-            "gradcam_in_lungs": st.column_config.NumberColumn("Grad-CAM in lungs", format="percent"),
-            "corrected": "Corrected by pneumo", "warning": "Warnings",
+            "threshold": "Threshold", "corrected": "Corrected by pneumo", "warning": "Warnings",
         },
     )
     st.caption("A corrected copy's reading replaces the file's own once it has been asked for. "
