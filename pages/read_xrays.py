@@ -4,6 +4,7 @@ import time
 
 import streamlit as st
 
+from pneumo import config
 from pneumo.app import ui
 from pneumo.io.images import SUPPORTED_EXTENSIONS
 from pneumo.models import quality, serving
@@ -76,7 +77,7 @@ def show_reading(r: reader.Reading, key: str) -> None:
     decision = reader.decide(r.probability, threshold)
     muted = r.unreliable
     left, middle, right = st.columns([1, 1, 1.1])
-    show = r.probability >= threshold or middle.toggle(
+    show = decision == config.CLASS_NAMES[1] or middle.toggle(
         "Show heat map", key=f"show-cam-{key}",
         help="Below the threshold the heat map is hidden: its colours are relative to this "
              "image and would look as strong as on a clear pneumonia.")

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from pneumo import config
 from pneumo.data.lung_masks import fingerprint, load_pairs, read_pairs, resize_mask, split_for_fitting
+from pneumo.evaluation import artifacts
 from pneumo.models.lungs import build_segmenter, clean_mask, dice
 
 
@@ -171,7 +172,7 @@ def train(args: argparse.Namespace) -> dict:
                 x, m = load_pairs(chosen)
                 record["dice"][name] = summarize(dice_scores(model, x, m, size=256))
     record["duration_minutes"] = round((time.time() - started) / 60, 1)
-    (args.out / config.LUNG_RECORD_FILE).write_text(json.dumps(record, indent=2))
+    artifacts.write_record(config.LUNG_RECORD_FILE, record, args.out)
     print(json.dumps(record["dice"], indent=2), f"\n{record['seconds_per_image'] * 1000:.1f} ms/image")
     return record
 

@@ -17,7 +17,6 @@ accuracy per transform, false-warning rate on untransformed images, thresholds, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import numpy as np
 
 from pneumo import config
 from pneumo.data.splits import fingerprint, load_splits
+from pneumo.evaluation import artifacts
 from pneumo.io.images import load_image
 from pneumo.models import quality
 
@@ -235,7 +235,7 @@ def train(data: Path, epochs: int = config.QUALITY_EPOCHS, out_dir: Path | None 
         "cpu_count": os.cpu_count(),
         "keras": keras.__version__,
     }
-    (out_dir / config.QUALITY_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    artifacts.write_record(config.QUALITY_RECORD_FILE, record, out_dir)
     return record
 
 

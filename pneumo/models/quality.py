@@ -19,7 +19,6 @@ of the image turned the right way.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import cv2
 import numpy as np
 
 from pneumo import config
+from pneumo.evaluation import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +245,8 @@ class QualityChecker:
         import keras
 
         model = keras.models.load_model(model_path, compile=False)
-        thresholds = None
-        record_path = folder / config.QUALITY_RECORD_FILE
-        if record_path.exists():
-            thresholds = json.loads(record_path.read_text()).get("thresholds")
-        return cls(model, thresholds)
+        record = artifacts.read_record(config.QUALITY_RECORD_FILE, folder)
+        return cls(model, None if record is None else record.get("thresholds"))
 
     def predict(self, model_inputs: np.ndarray, batch_size: int = 64
                 ) -> tuple[np.ndarray, np.ndarray]:
