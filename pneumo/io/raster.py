@@ -24,7 +24,7 @@ from pneumo.io.base import (
     not_an_image_message,
     reduction_factor,
     row_blocks,
-    stretch,
+    stretch_reduced,
     too_large,
 )
 
@@ -38,6 +38,10 @@ Image.MAX_IMAGE_PIXELS = config.MAX_IMAGE_PIXELS
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP")
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# A high-bit-depth image up to this size is copied out of PIL whole (PIL's tobytes holds it twice
+# for a moment: within ``base._WORKING_BYTES``), larger ones a strip at a time, twice over.
+_WHOLE_COPY_BYTES = 16 << 20
+_16_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
@@ -116,14 +120,21 @@ def _to_uint8(img: Image.Image, factor: int, notes: list[str]) -> np.ndarray:
 
     Converted a strip of rows at a time into the output, so no full-size temporary is made:
     high-bit-depth and float images are stretched as :func:`scale_to_uint8` does (its range from
-    a first pass), transparency is shown as black, everything else goes through PIL's RGB.
+    a first pass; 16-bit ones averaged before the stretch when reduced, :func:`stretch_reduced`),
+    transparency is shown as black, everything else goes through PIL's RGB.
     """
     mode = img.mode
     if mode in _HIGH_DEPTH_MODES:
-        width = img.size[0]
+        width, height = img.size
+        if width * height * _pil_bytes_per_pixel(mode) <= _WHOLE_COPY_BYTES:
+            values = np.asarray(img)  # one copy, read as views below
+            value_range = finite_range(values[rows] for rows in row_blocks(height, width))
+            return map_row_blocks(height, width, factor, reduces=True, to_uint8=lambda rows:
+                                  stretch_reduced(values[rows], value_range, factor))
         value_range = finite_range(np.asarray(img.crop((0, rows.start, width, rows.stop)))
-                                    for rows in row_blocks(img.size[1], width))
-        return _reduce_strips(img, factor, lambda s: stretch(np.asarray(s), value_range))
+                                   for rows in row_blocks(height, width))
+        return _reduce_strips(img, factor, reduces=True,
+                              convert=lambda s: stretch_reduced(np.asarray(s), value_range, factor))
     if mode == "L" and factor == 1:
         return np.asarray(img)  # one copy of the decoder's pixels, nothing else
     if mode in ("1", "L"):
@@ -212,7 +223,8 @@ def _plan_raster(img: Image.Image, data: bytes,
     A JPEG larger than ``config.DECODE_MAX_PIXELS`` is asked to decode at 1/2, 1/4 or 1/8 scale
     (``draft``, keeping its mode); other formats decode full size and are reduced as converted.
     With ``max_side`` (see :func:`decode_image`), a JPEG is asked for the smallest of those scales
-    that keeps its long side at least ``max_side`` and its short side ``config.IMAGE_SIZE``.
+    that keeps its long side at least ``max_side`` and its short side ``config.IMAGE_SIZE``, and a
+    16-bit image is reduced as converted by the largest integer factor that keeps them.
     """
     width, height = img.size
     factor = reduction_factor(width, height)
@@ -230,6 +242,9 @@ def _plan_raster(img: Image.Image, data: bytes,
     if scale > 1:
         img.draft(img.mode, (width // scale, height // scale))
         factor = reduction_factor(*img.size)
+    if max_side and img.mode in _16_BIT_MODES:
+        # reduced as converted, averaged in 16 bits before the stretch (see ``stretch_reduced``)
+        factor = max(factor, _hint_factor(width, height, max_side))
     w, h = img.size
     need = decode_peak_bytes(w * h * _pil_bytes_per_pixel(img.mode),
                              _transient_bytes(img, data, width, height),
@@ -239,9 +254,21 @@ def _plan_raster(img: Image.Image, data: bytes,
     return factor, full_size
 
 
-def _reduce_strips(img: Image.Image, factor: int,
-                   convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
-    """``convert`` each strip of rows of a loaded image to uint8 and :func:`map_row_blocks` them."""
+def _hint_factor(width: int, height: int, max_side: int) -> int:
+    """The largest integer factor that divides both sides (no row or column is left out) and keeps
+    the long side at least ``max_side`` pixels and the short side ``config.IMAGE_SIZE``; 1 if none.
+
+    Leaving out a partial block would shift the picture by up to a pixel against the full decode:
+    measured up to 11 grey levels apart at the model input on sharp edges."""
+    long_side, short_side = max(width, height), min(width, height)
+    largest = min(long_side // max_side, short_side // config.IMAGE_SIZE)
+    return next((f for f in range(largest, 1, -1) if width % f == 0 and height % f == 0), 1)
+
+
+def _reduce_strips(img: Image.Image, factor: int, convert: Callable[[Image.Image], np.ndarray],
+                   reduces: bool = False) -> np.ndarray:
+    """``convert`` each strip of rows of a loaded image to uint8 and :func:`map_row_blocks` them
+    (``reduces``: ``convert`` reduces the strip ``factor`` times itself)."""
     width, height = img.size
     return map_row_blocks(height, width * len(img.getbands()), factor,
-                          lambda rows: convert(img.crop((0, rows.start, width, rows.stop))))
+                          lambda rows: convert(img.crop((0, rows.start, width, rows.stop))), reduces)
