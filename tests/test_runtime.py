@@ -171,3 +171,20 @@ def test_the_queue_over_openvino_gives_single_session_results(shared_data, bundl
         assert [e.probability for e in results[i]] == [e.probability for e in alone[i::4]]
         for got, want in zip(results[i], alone[i::4]):
             np.testing.assert_array_equal(got.cams["Grad-CAM++"], want.cams["Grad-CAM++"])
+
+
+def test_openvino_uint8_input_gives_the_float_input_result_to_the_bit(shared_data, bundled_model_dir,
+                                                                       tmp_path):
+    """uint8 pixels go in as uint8 (converted inside the model): the same result to the bit."""
+    _ov()
+    from pneumo.models.runtime import load_explainer
+
+    fast = load_explainer(bundled_model_dir / config.MODEL_FILE, runtime="openvino",
+                          cache_dir=tmp_path)
+    pixels = _real_xrays(shared_data, 6).astype(np.uint8)
+    for batch in (pixels, pixels[:1]):
+        as_u8 = fast.forward(batch)
+        as_f32 = fast.forward(batch.astype("float32"))
+        for a, b in zip(as_u8, as_f32):
+            np.testing.assert_array_equal(a, b)
+    assert fast.compiled.input(0).get_element_type().to_string() == "u8"

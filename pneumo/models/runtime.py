@@ -224,38 +224,67 @@ class OpenVinoExplainer(ForwardExplainer):
                              float(head["bias"]))
         self.folder = folder
         cores = int(threads or _cpus())
-        core = ov.Core()
-        base = {"INFERENCE_PRECISION_HINT": "f32"}  # never bf16: |dp| ~1e-3 on CPUs that have it
-        self.compiled = core.compile_model(
-            str(folder / MODEL_XML), "CPU",
-            {**base, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cores})
-        self._request = self.compiled.create_infer_request()
+        self._core = ov.Core()
         self.streams = cores
-        self._batched = None
-        if cores > 1:
-            self._batched = core.compile_model(
-                str(folder / MODEL_XML), "CPU",
-                {**base, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": cores,
-                 "INFERENCE_NUM_THREADS": cores})
-            self._requests = [self._batched.create_infer_request() for _ in range(2 * cores)]
+        self._compiled: dict[str, tuple] = {}  # input type -> (request, batch requests, compiled)
         self._lock = threading.Lock()
+        self._requests_for("u8")  # what the app and the CLIs pass: uint8 pixels
+
+    def _requests_for(self, kind: str) -> tuple:
+        """The one-image request and the batch's requests for ``kind`` input ("u8" or "f32").
+
+        For uint8 pixels the model takes uint8 and converts to f32 as its first step (OpenVINO's
+        pre-processing): exact, the same result to the bit as a float32 input, and it saves
+        the float copy of every batch (measured 5.1 -> 4.7 ms per image in a batch of 20).
+        """
+        if kind not in self._compiled:
+            import openvino as ov
+            from openvino.preprocess import PrePostProcessor
+
+            model = self._core.read_model(str(self.folder / MODEL_XML))
+            if kind == "u8":
+                ppp = PrePostProcessor(model)
+                ppp.input().tensor().set_element_type(ov.Type.u8)
+                ppp.input().preprocess().convert_element_type(ov.Type.f32)
+                model = ppp.build()
+            base = {"INFERENCE_PRECISION_HINT": "f32"}  # never bf16: |dp| ~1e-3 on CPUs with it
+            one = self._core.compile_model(
+                model, "CPU", {**base, "PERFORMANCE_HINT": "LATENCY",
+                               "INFERENCE_NUM_THREADS": self.streams})
+            batch = None
+            if self.streams > 1:
+                batched = self._core.compile_model(
+                    model, "CPU", {**base, "PERFORMANCE_HINT": "THROUGHPUT",
+                                   "NUM_STREAMS": self.streams,
+                                   "INFERENCE_NUM_THREADS": self.streams})
+                batch = [batched.create_infer_request() for _ in range(2 * self.streams)]
+            self._compiled[kind] = (one.create_infer_request(), batch, one)
+        return self._compiled[kind][:2]
+
+    @property
+    def compiled(self):
+        """The compiled one-image model for uint8 input (its settings are what tests check)."""
+        return self._compiled["u8"][2]
 
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images = np.ascontiguousarray(images, dtype="float32")
+        images = np.asarray(images)
+        kind = "u8" if images.dtype == np.uint8 else "f32"
+        images = np.ascontiguousarray(images, dtype=np.uint8 if kind == "u8" else np.float32)
         with self._lock:
-            if self._batched is None or len(images) < 2:
-                self._request.infer(images)
-                prob, logit, feats = (self._request.get_output_tensor(i).data.copy()
+            request, batch = self._requests_for(kind)
+            if batch is None or len(images) < 2:
+                request.infer(images)
+                prob, logit, feats = (request.get_output_tensor(i).data.copy()
                                       for i in range(len(OUTPUTS)))
                 return prob.reshape(-1), logit.reshape(-1), feats
-            return self._forward_chunks(images)
+            return self._forward_chunks(images, batch)
 
-    def _forward_chunks(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _forward_chunks(self, images: np.ndarray, requests: list
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Chunks of :data:`CHUNK` images on the throughput streams, results written in place."""
         n = len(images)
         out: list[np.ndarray] | None = None
         starts = list(range(0, n, self.CHUNK))
-        requests = self._requests
         running: list[tuple[object, int]] = []
 
         def collect(request, start: int) -> None:
