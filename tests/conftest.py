@@ -95,3 +95,14 @@ def run_app():
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+def explorer_caption_counts(at) -> tuple[int, int]:
+    """(missed pneumonia, falsely flagged normal) from the Threshold explorer's confusion caption."""
+    import re
+
+    for c in at.caption:
+        hit = re.search(r"(\d+) of \d+ pneumonia images missed, (\d+) of \d+ normal", c.value)
+        if hit:
+            return int(hit.group(1)), int(hit.group(2))
+    raise AssertionError("confusion caption not found")

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 from conftest import ROOT, png_bytes, run_app, synthetic_xray
+from conftest import explorer_caption_counts as _caption_counts
 
 from pneumo import config
 from pneumo.evaluation import metrics as m
@@ -124,13 +125,6 @@ def test_threshold_moves_the_decision():
     _set_threshold(at, round(above, 3))
     assert _decisions(at) == ["NORMAL"]
 
-
-def _caption_counts(at) -> tuple[int, int]:
-    for c in at.caption:
-        hit = re.search(r"(\d+) of \d+ pneumonia images missed, (\d+) of \d+ normal", c.value)
-        if hit:
-            return int(hit.group(1)), int(hit.group(2))
-    raise AssertionError("confusion caption not found")
 
 
 def test_explorer_confusion_counts_follow_the_threshold():

@@ -731,20 +731,31 @@ def test_large_jpeg_decoded_reduced_differs_by_at_most_two_grey_levels(height, w
     average, on the benchmark's synthetic radiograph and on a shared test X-ray enlarged to
     1536-3000 pixels."""
     from pneumo.io.images import READ_MAX_SIDE
-    from pneumo.reading.reader import DISPLAY_MAX_SIDE, decode_file
+    from pneumo.reading.reader import DISPLAY_MAX_SIDE
 
     assert READ_MAX_SIDE == DISPLAY_MAX_SIDE
-    data = _big_jpeg(height, width, colour)
-    full, reduced = decode_image(data), decode_image(data, READ_MAX_SIDE)
+    full, reduced = _full_and_reduced(_big_jpeg(height, width, colour), (height, width),
+                                      max_diff=2, max_mean=0.25)
     assert max(reduced.size) >= READ_MAX_SIDE and min(reduced.size) >= config.IMAGE_SIZE
     assert max(reduced.size) <= max(full.size) // 2 + 1
-    assert reduced.full_size == full.full_size == (height, width)
+
+
+def _full_and_reduced(data: bytes, size: tuple[int, int], max_diff: int, max_mean: float):
+    """Decode ``data`` in full and with the app's size hint; check that the model inputs differ
+    by at most ``max_diff`` grey levels (``max_mean`` on average), that both keep the original
+    ``size``, and that the app and ``load_image`` read the same model input."""
+    from pneumo.io.images import READ_MAX_SIDE
+    from pneumo.reading.reader import DISPLAY_MAX_SIDE, decode_file
+
+    full, reduced = decode_image(data), decode_image(data, READ_MAX_SIDE)
+    assert reduced.full_size == full.full_size == size
     diff = np.abs(to_model_input(full.pixels).astype(int) - to_model_input(reduced.pixels))
-    assert diff.max() <= 2 and diff.mean() <= 0.25
-    reading = decode_file("x.jpeg", data)  # the app and load_image read the same model input
+    assert diff.max() <= max_diff and diff.mean() <= max_mean
+    reading = decode_file("x", data)  # the app and load_image read the same model input
     np.testing.assert_array_equal(reading.model_input, load_image(data))
-    assert reading.original_size == (height, width)
+    assert reading.original_size == size
     assert reading.display.shape[2] == 3 and max(reading.display.shape[:2]) == DISPLAY_MAX_SIDE
+    return full, reduced
 
 
 def test_jpeg_below_twice_the_display_size_is_decoded_as_before():
@@ -838,20 +849,10 @@ def test_large_16bit_png_decoded_reduced_differs_by_at_most_three_grey_levels(he
     same maxima and 0.21-0.35 on average. Averaging in 16 bits adds the rounding of
     :func:`test_16_bit_values_averaged_before_the_stretch_differ_by_at_most_one_grey_level` and
     is the closer of the two. A range under 1020 steps is stretched first (the last case)."""
-    from pneumo.io.images import READ_MAX_SIDE
-    from pneumo.reading.reader import DISPLAY_MAX_SIDE, decode_file
-
-    data = _big_png16(height, width, top)
-    full, reduced = decode_image(data), decode_image(data, READ_MAX_SIDE)
+    full, reduced = _full_and_reduced(_big_png16(height, width, top), (height, width),
+                                      max_diff=3, max_mean=0.4)
     assert full.size == (height, width)
     assert reduced.size == (height // factor, width // factor)
-    assert reduced.full_size == full.full_size == (height, width)
-    diff = np.abs(to_model_input(full.pixels).astype(int) - to_model_input(reduced.pixels))
-    assert diff.max() <= 3 and diff.mean() <= 0.4
-    reading = decode_file("x.png", data)  # the app and load_image read the same model input
-    np.testing.assert_array_equal(reading.model_input, load_image(data))
-    assert reading.original_size == (height, width)
-    assert reading.display.shape[2] == 3 and max(reading.display.shape[:2]) == DISPLAY_MAX_SIDE
 
 
 def test_16bit_png_whose_sides_share_no_factor_is_decoded_as_before():

@@ -15,6 +15,7 @@ import imagegen
 import numpy as np
 import pytest
 from conftest import ROOT, jpeg_bytes, png_bytes, run_app, synthetic_xray
+from conftest import explorer_caption_counts as _caption_counts
 
 from pneumo import config
 from pneumo.evaluation import metrics as m
@@ -316,15 +317,6 @@ def site_file(tmp_path, monkeypatch, bundled_model_dir) -> site.SiteCalibration:
 def _banner(at) -> list[str]:
     return [i.value for i in at.info if i.value.startswith("Calibrated for")]
 
-
-def _caption_counts(at) -> tuple[int, int]:
-    import re
-
-    for c in at.caption:
-        hit = re.search(r"(\d+) of \d+ pneumonia images missed, (\d+) of \d+ normal", c.value)
-        if hit:
-            return int(hit.group(1)), int(hit.group(2))
-    raise AssertionError("confusion caption not found")
 
 
 def test_every_page_says_which_site_and_the_default_threshold_is_the_sites(site_file):
