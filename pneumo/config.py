@@ -50,6 +50,8 @@ DROPOUT_RATE = 0.3
 LUNG_PENALTY = 0.5  # weight of the CAM share outside the lungs in the fine-tuning loss
 AVERAGE_LAST_EPOCHS = 3
 CONSISTENCY_WEIGHT = 0.0  # two views per image, squared logit difference (see README: run 2)
+STABILITY_WEIGHT = 0.0  # an image and its mildly re-encoded copy, Bernoulli JSD (README: run 3)
+STABILITY_FROM_EPOCH = 2  # the stability term is off in the first fine-tuning epoch
 
 # Lung-field segmenter (pneumo.models.lungs): a small U-Net on the classifier's own 224 px input.
 LUNG_INPUT_SIZE = 128  # pixels: the network works at this size inside the model

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from pneumo import config
-from pneumo.data.augment import augment_example
+from pneumo.data.augment import augment_example, mild_reencoding
 from pneumo.data.splits import class_counts, fingerprint, load_arrays, load_splits
 from pneumo.evaluation import artifacts
 from pneumo.evaluation.metrics import fit_platt, log_loss, roc_auc
@@ -47,12 +47,14 @@ CAM_MASS_EPSILON = 1.0  # added to the CAM's total mass so an all-negative map h
 
 
 def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batch_size: int,
-                 seed: int = config.SEED, views: int = 1) -> tf.data.Dataset:
+                 seed: int = config.SEED, views: int = 1, mild_second_view: bool = False
+                 ) -> tf.data.Dataset:
     """Training batches of ((float32 RGB 0-255, lung mask 0/1), label), shuffled and augmented.
 
-    With ``views=2`` every image appears twice in its batch, augmented independently, as
-    neighbours (rows 2i and 2i+1), for the consistency term; a batch then holds
-    ``batch_size / 2`` images and the data set repeats.
+    With ``views=2`` every image appears twice in its batch as neighbours (rows 2i and 2i+1),
+    for the consistency or stability term: augmented independently, or (``mild_second_view``)
+    the second row is the first one mildly re-encoded (:func:`mild_reencoding`). A batch then
+    holds ``batch_size / 2`` images and the data set repeats.
     """
     size = config.IMAGE_SIZE
     ds = tf.data.Dataset.from_tensor_slices((images, masks[..., None], labels[:, None]))
@@ -62,7 +64,8 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batc
         if views == 1:
             x, m = augment_example(x, m)
             return (x, m), y
-        (xa, ma), (xb, mb) = augment_example(x, m), augment_example(x, m)
+        xa, ma = augment_example(x, m)
+        xb, mb = mild_reencoding(xa, ma) if mild_second_view else augment_example(x, m)
         return (tf.stack([xa, xb]), tf.stack([ma, mb])), tf.stack([y, y])
 
     def flatten(xm, y):
@@ -74,6 +77,21 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batc
     if views > 1:
         ds = ds.map(flatten).repeat()
     return ds.prefetch(2)
+
+
+def bernoulli_jsd(logit_a: tf.Tensor, logit_b: tf.Tensor) -> tf.Tensor:
+    """Jensen-Shannon divergence (nats) between the Bernoulli outputs of two logits, elementwise.
+
+    Bounded by log 2, and about p(1-p)(a-b)^2/8 for close logits: it weighs disagreement where
+    the decision is uncertain and lets confident outputs be (unlike a squared logit difference).
+    """
+    def entropy(logit):  # of Bernoulli(sigmoid(logit)), stable for large |logit|
+        p = tf.sigmoid(logit)
+        return tf.nn.sigmoid_cross_entropy_with_logits(labels=p, logits=logit)
+
+    p_mid = (tf.sigmoid(logit_a) + tf.sigmoid(logit_b)) / 2.0
+    mixed = -(p_mid * tf.math.log(p_mid + 1e-7) + (1.0 - p_mid) * tf.math.log(1.0 - p_mid + 1e-7))
+    return tf.maximum(mixed - (entropy(logit_a) + entropy(logit_b)) / 2.0, 0.0)
 
 
 def cam_outside_share(features: tf.Tensor, kernel: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
@@ -90,12 +108,19 @@ def cam_outside_share(features: tf.Tensor, kernel: tf.Tensor, masks: tf.Tensor) 
 
 
 class LungGuidedTraining(keras.Model):
-    """Fine-tunes a classifier on class-weighted log loss + ``penalty`` x CAM share outside lungs."""
+    """Fine-tunes a classifier on class-weighted log loss + ``penalty`` x CAM share outside lungs.
+
+    Optional two-view terms (batches from ``make_dataset(views=2)``): ``consistency`` x squared
+    logit difference, or ``stability`` x :func:`bernoulli_jsd`; the stability weight lives in
+    ``stability_weight`` so that :class:`StabilityWarmup` can switch it on after the first epoch.
+    """
 
     def __init__(self, classifier: keras.Model, weights: dict[int, float], penalty: float,
-                 consistency: float = 0.0):
+                 consistency: float = 0.0, stability: float = 0.0):
         super().__init__()
         self.consistency = float(consistency)
+        self.stability = float(stability)
+        self.stability_weight = tf.Variable(0.0, trainable=False, dtype=tf.float32)
         self.classifier = classifier
         self.parts = keras.Model(classifier.input, [classifier.get_layer(config.LOGIT_LAYER).output,
                                                     classifier.get_layer(config.CAM_LAYER).output])
@@ -128,6 +153,10 @@ class LungGuidedTraining(keras.Model):
                 pairs = tf.reshape(logit[:, 0], [-1, 2])
                 consistency = tf.reduce_mean(tf.square(pairs[:, 0] - pairs[:, 1]))
                 loss = loss + self.consistency * consistency
+            elif self.stability > 0:  # row 2i+1 is row 2i mildly re-encoded
+                pairs = tf.reshape(logit[:, 0], [-1, 2])
+                consistency = tf.reduce_mean(bernoulli_jsd(pairs[:, 0], pairs[:, 1]))
+                loss = loss + self.stability_weight * consistency
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         for name, value in (("loss", loss), ("bce", bce), ("outside", outside),
                             ("consistency", consistency)):
@@ -150,6 +179,18 @@ def set_finetune_trainable(model: keras.Model, first_block: str) -> int:
             trainable = True
         layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+class StabilityWarmup(keras.callbacks.Callback):
+    """The stability term is off in the first ``config.STABILITY_FROM_EPOCH - 1`` epochs, then on."""
+
+    def __init__(self, trainer: LungGuidedTraining):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        on = epoch + 1 >= config.STABILITY_FROM_EPOCH
+        self.trainer.stability_weight.assign(self.trainer.stability if on else 0.0)
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -307,7 +348,11 @@ def train(args: argparse.Namespace) -> dict:
     a = cached_arrays(out, splits, args.lungs)
     x_train, y_train, m_train = a["x_train"], a["y_train"], a["m_train"]
     x_val, y_val, m_val = a["x_val"], a["y_val"], a["m_val"]
-    steps_per_epoch = int(np.ceil(len(x_train) / args.batch_size))
+    if args.consistency > 0 and args.stability > 0:
+        raise SystemExit("--consistency and --stability are two kinds of one term: choose one")
+    views = 2 if args.consistency > 0 or args.stability > 0 else 1
+    # An epoch is one pass over the training images (two-view batches hold half as many).
+    steps_per_epoch = int(np.ceil(len(x_train) / max(1, args.batch_size // views)))
 
     state_path = ckpt / "state.json"
     state = json.loads(state_path.read_text()) if args.resume and state_path.exists() else {}
@@ -329,8 +374,8 @@ def train(args: argparse.Namespace) -> dict:
     n_trainable = set_finetune_trainable(model, args.finetune_from)
     print(f"fine-tuning {n_trainable:,} weights from {args.finetune_from} on")
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, args.epochs * steps_per_epoch, alpha=0.05)
-    trainer = LungGuidedTraining(model, class_weights(y_train), args.lung_penalty, args.consistency)
-    views = 2 if args.consistency > 0 else 1
+    trainer = LungGuidedTraining(model, class_weights(y_train), args.lung_penalty, args.consistency,
+                                 args.stability)
     trainer.compile(optimizer=keras.optimizers.Adam(schedule))
     trainer.optimizer.build(model.trainable_variables)
     trainer.optimizer.iterations.assign(state["epochs_done"] * steps_per_epoch)
@@ -339,11 +384,13 @@ def train(args: argparse.Namespace) -> dict:
     if state["epochs_done"] < args.epochs:
         trainer.fit(
             make_dataset(x_train, m_train, y_train, args.batch_size,
-                         seed=config.SEED + state["epochs_done"], views=views),
+                         seed=config.SEED + state["epochs_done"], views=views,
+                         mild_second_view=args.stability > 0),
             epochs=args.epochs,
             steps_per_epoch=steps_per_epoch if views > 1 else None,
             initial_epoch=state["epochs_done"],
-            callbacks=[Checkpoint(out, state, started, scorer, model), TimeBudget(args.max_minutes, started)],
+            callbacks=[StabilityWarmup(trainer), Checkpoint(out, state, started, scorer, model),
+                       TimeBudget(args.max_minutes, started)],
             verbose=args.verbose,
         )
 
@@ -379,7 +426,8 @@ def train(args: argparse.Namespace) -> dict:
             "val_fraction": config.VAL_FRACTION, "dropout": config.DROPOUT_RATE,
             "class_weights": class_weights(y_train), "limit": args.limit,
             "lung_penalty": args.lung_penalty, "average_last": args.average_last,
-            "consistency": args.consistency,
+            "consistency": args.consistency, "stability": args.stability,
+            "stability_from_epoch": config.STABILITY_FROM_EPOCH,
             "augmentation": "pneumo.data.augment (crop 50-100 % area, shift, rotation, resize, blur/"
                             "sharpen, JPEG q30-95 or none, gamma/contrast/brightness, noise)",
             "checkpoint_rule": "lowest validation log loss; average of the last epochs if lower",
@@ -483,6 +531,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the CAM-mass-outside-the-lungs term (0: off)")
     p.add_argument("--consistency", type=float, default=config.CONSISTENCY_WEIGHT,
                    help="weight of the squared logit difference between two views of an image "
+                        "(0: off; otherwise each batch holds half as many images, twice)")
+    p.add_argument("--stability", type=float, default=config.STABILITY_WEIGHT,
+                   help="weight of the Jensen-Shannon divergence between an augmented image and "
+                        "its mildly re-encoded copy, from epoch config.STABILITY_FROM_EPOCH on "
                         "(0: off; otherwise each batch holds half as many images, twice)")
     p.add_argument("--average-last", type=int, default=config.AVERAGE_LAST_EPOCHS,
                    help="average the weights of this many last epochs if validation prefers it")

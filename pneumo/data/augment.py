@@ -10,6 +10,10 @@ Read top to bottom, :func:`augment_example` does:
    re-encoding over a wide quality range or none at all (lossless input), gamma, contrast,
    brightness and noise.
 
+:func:`mild_reencoding` makes the second view of the stability term (``train --stability``): the
+same augmented image again, with a small border crop and/or a JPEG re-encoding, the kind of
+difference there is between a radiograph's copies in the wild (see ``benchmarks/robustness.py``).
+
 Everything is applied the same way to NORMAL and PNEUMONIA images. No flips: laterality
 matters. Images are float32 RGB 0-255, masks float32 0/1, both (224, 224, C).
 """
@@ -38,6 +42,9 @@ CONTRAST = (0.7, 1.3)
 BRIGHTNESS = 0.1  # of the range
 NOISE_PROBABILITY = 0.3
 NOISE_STD = 6.0  # grey levels, at most
+MILD_CROP_PROBABILITY = 0.5
+MILD_CROP_MAX = 0.06  # of the side, cut from each border independently
+MILD_JPEG_PROBABILITY = 0.75  # else the pixels stay as they are (lossless)
 
 
 def _uniform(lo: float, hi: float) -> tf.Tensor:
@@ -150,5 +157,20 @@ def augment_example(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     image, mask = crop_together(image, mask)
     image, mask = rotate_together(image, mask)
     image = acquisition(image)
+    image = tf.ensure_shape(image, [config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS])
+    return image, tf.ensure_shape(mask, [config.IMAGE_SIZE, config.IMAGE_SIZE, 1])
+
+
+def mild_reencoding(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Another copy of an (augmented) example: maybe a small border crop, maybe a JPEG re-encoding."""
+    cuts = tf.random.uniform([4], 0.0, MILD_CROP_MAX)
+    box = tf.where(_chance(MILD_CROP_PROBABILITY),
+                   tf.stack([cuts[0], cuts[1], 1.0 - cuts[2], 1.0 - cuts[3]]),
+                   tf.constant([0.0, 0.0, 1.0, 1.0]))
+    stacked = tf.concat([image, mask * 255.0], axis=-1)[None]
+    size = [config.IMAGE_SIZE, config.IMAGE_SIZE]
+    out = tf.image.crop_and_resize(stacked, box[None], [0], size, method="bilinear")[0]
+    image, mask = out[..., :3], tf.cast(out[..., 3:] >= 127.5, tf.float32)
+    image = tf.cond(_chance(MILD_JPEG_PROBABILITY), lambda: _jpeg(image), lambda: image)
     image = tf.ensure_shape(image, [config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS])
     return image, tf.ensure_shape(mask, [config.IMAGE_SIZE, config.IMAGE_SIZE, 1])
