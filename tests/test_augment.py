@@ -50,3 +50,18 @@ def test_crop_box_stays_within_its_limits():
         assert augment.KEEP_AREA[0] - 1e-6 <= area <= 1 + 1e-6
         assert -augment.MAX_SHIFT - 1e-6 <= y1 and y2 <= 1 + augment.MAX_SHIFT + 1e-5
         assert -augment.MAX_SHIFT - 1e-6 <= x1 and x2 <= 1 + augment.MAX_SHIFT + 1e-5
+
+
+def test_mild_reencoding_stays_close_and_keeps_the_mask_aligned():
+    tf.random.set_seed(3)
+    image, mask = _blob_pair()
+    changed = 0
+    for _ in range(20):
+        x, m = augment.mild_reencoding(image, mask)
+        assert x.shape == (SIZE, SIZE, 3) and m.shape == (SIZE, SIZE, 1)
+        agreement = np.mean((x.numpy()[..., 0] >= 127.5) == m.numpy()[..., 0].astype(bool))
+        assert agreement > 0.99
+        # at most a 6 % border cut: the blob's area changes by less than a quarter
+        assert 0.8 < float(tf.reduce_sum(m)) / float(tf.reduce_sum(mask)) < 1.25
+        changed += not np.array_equal(x.numpy(), image.numpy())
+    assert changed >= 10  # crop p 0.5, JPEG p 0.75: nearly every copy differs
