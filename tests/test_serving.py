@@ -170,3 +170,30 @@ def test_timing_log_is_off_unless_asked_and_holds_only_numbers(tmp_path, monkeyp
     first, second, again = (r["session"] for r in records)
     assert first == again != second  # one number per session, the same for its later readings
     assert [r["images"] for r in records] == [3, 2, 1]
+
+
+def test_uint8_pixels_reach_the_runtime_as_uint8():
+    """The decoder's uint8 pixels are not copied to float32 on the way (the runtime converts
+    inside the model); float input still works."""
+    from pneumo.models.explain import ForwardExplainer, Head
+
+    seen = []
+
+    class _Forward(ForwardExplainer):
+        head = Head(np.ones(4, "float32"), 1.0, 0.0)
+
+        def forward(self, images):
+            seen.append(images.dtype)
+            n = len(images)
+            return np.full(n, 0.5), np.zeros(n), np.ones((n, 7, 7, 4), "float32")
+
+    explainer = _Forward()
+    explainer.explain(_images(0, 2))
+    explainer.explain(_images(0, 2).astype("float64"))
+    queue = InferenceQueue(lambda: explainer, max_wait_s=0.0)
+    try:
+        queue.explain(_images(1, 3))
+    finally:
+        queue.close()
+    assert seen[0] == np.uint8 and seen[1] == np.float32
+    assert seen[-1] == np.uint8

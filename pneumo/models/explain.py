@@ -173,8 +173,13 @@ class ForwardExplainer:
         raise NotImplementedError
 
     def explain(self, images: np.ndarray, batch_size: int = 16) -> list[Explanation]:
-        """(N, 224, 224, 3) RGB 0-255 -> one Explanation per image."""
-        images = np.asarray(images, dtype="float32")
+        """(N, 224, 224, 3) RGB 0-255 -> one Explanation per image.
+
+        uint8 pixels (what the decoder gives) reach :meth:`forward` as they are, so a runtime
+        that takes them converts inside the model instead of copying the batch to float32."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            images = images.astype("float32", copy=False)
         if images.ndim == 3:
             images = images[None]
         out: list[Explanation] = []
@@ -204,7 +209,7 @@ class CamExplainer(ForwardExplainer):
                                 reduce_retracing=True)
 
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        prob, logit, feats = (t.numpy() for t in self._run(images))
+        prob, logit, feats = (t.numpy() for t in self._run(np.asarray(images, "float32")))
         return prob.reshape(-1), logit.reshape(-1), feats
 
 

@@ -85,7 +85,9 @@ class InferenceQueue:
 
         ``batch_size`` is accepted for the explainer interface and ignored: the queue batches.
         """
-        images = np.asarray(images, dtype="float32")
+        images = np.asarray(images)  # uint8 stays uint8 (see ForwardExplainer.explain)
+        if images.dtype != np.uint8:
+            images = images.astype("float32", copy=False)
         if images.ndim == 3:
             images = images[None]
         self._ready.wait()
@@ -151,7 +153,7 @@ class InferenceQueue:
             self.explainer = self._load()
             if self._warm_up:
                 self.explainer.explain(np.zeros((1, config.IMAGE_SIZE, config.IMAGE_SIZE,
-                                                 config.CHANNELS), dtype="float32"))
+                                                 config.CHANNELS), dtype="uint8"))
             self.load_seconds = time.perf_counter() - start
         except BaseException as err:  # every caller gets this error instead of a result
             self.load_error = err
