@@ -40,9 +40,9 @@ CALIBRATION_LAYER = "calibration"
 # Data split and training.
 SEED = 1337
 VAL_FRACTION = 0.15  # of train patients, per class
-BATCH_SIZE = 32
+BATCH_SIZE = 64  # rows a batch: with the stability term, 32 images x 2 views
 HEAD_EPOCHS = 30  # on cached features: seconds each
-FINETUNE_EPOCHS = 8
+FINETUNE_EPOCHS = 6
 HEAD_LEARNING_RATE = 1e-3
 FINETUNE_LEARNING_RATE = 2e-4
 EARLY_STOPPING_PATIENCE = 3
@@ -50,7 +50,7 @@ DROPOUT_RATE = 0.3
 LUNG_PENALTY = 0.5  # weight of the CAM share outside the lungs in the fine-tuning loss
 AVERAGE_LAST_EPOCHS = 3
 CONSISTENCY_WEIGHT = 0.0  # two views per image, squared logit difference (see README: run 2)
-STABILITY_WEIGHT = 0.0  # an image and its mildly re-encoded copy, Bernoulli JSD (README: run 3)
+STABILITY_WEIGHT = 4.0  # an image and its mildly re-encoded copy, Bernoulli JSD (README: run 3)
 STABILITY_FROM_EPOCH = 2  # the stability term is off in the first fine-tuning epoch
 
 # Lung-field segmenter (pneumo.models.lungs): a small U-Net on the classifier's own 224 px input.

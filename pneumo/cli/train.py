@@ -349,7 +349,8 @@ def train(args: argparse.Namespace) -> dict:
     x_train, y_train, m_train = a["x_train"], a["y_train"], a["m_train"]
     x_val, y_val, m_val = a["x_val"], a["y_val"], a["m_val"]
     if args.consistency > 0 and args.stability > 0:
-        raise SystemExit("--consistency and --stability are two kinds of one term: choose one")
+        raise SystemExit("--consistency and --stability are two kinds of one term: give --stability 0 "
+                         "with --consistency")
     views = 2 if args.consistency > 0 or args.stability > 0 else 1
     # An epoch is one pass over the training images (two-view batches hold half as many).
     steps_per_epoch = int(np.ceil(len(x_train) / max(1, args.batch_size // views)))
