@@ -103,16 +103,15 @@ def test_compare_with_a_stand_in_predictor(original):
 
 @pytest.fixture(scope="module")
 def reencoded(shared_data, bundled_model_dir) -> tuple[float, dict]:
-    """The bundled model on 100 official test images (50 per class) and their re-encodings."""
+    """The bundled model on all 624 official test images and their re-encodings.
+
+    All of them, as the issue's target is stated: on a sample of 100 a single image near the
+    threshold is already 1 % of the decisions (run 3 flipped 2 of 100 such, 3 of 624 in all)."""
     from pneumo.data.splits import read_split
     from pneumo.evaluation.artifacts import recommended_threshold
     from pneumo.models.classifier import Predictor, load_model
 
-    samples = read_split(shared_data, "test")
-    picks = []
-    for label in (0, 1):
-        of_class = [s for s in samples if s.label == label]
-        picks += [of_class[int(i)] for i in np.linspace(0, len(of_class) - 1, 50)]
+    picks = read_split(shared_data, "test")
     threshold = recommended_threshold(bundled_model_dir)
     result = compare(Predictor(load_model()), [s.path.read_bytes() for s in picks], threshold)
     report = "; ".join(f"{name}: {r['flips']}/{r['n']} flips, |dp| p95 {r['abs_dp_p95']:.3f} "
