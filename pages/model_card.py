@@ -4,7 +4,7 @@ import streamlit as st
 
 from pneumo import config
 from pneumo.app import charts, ui
-from pneumo.reading import site
+from pneumo.reading import site, wording
 
 st.title("Model card")
 ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
@@ -74,7 +74,7 @@ if heatmaps:
             for name, r in report.get(method, {}).items():
                 rows.append({"Masks": sources.get(source, source), "Method": method, "Class": name,
                              "Images": r["n"], "Heat-map mass in the lungs": f"{r['mass_in_lungs']:.1%}",
-                             "Peak in the lungs": f"{r['peak_in_lungs']:.1%}",
+                             "Peak in the lungs": wording.share_of(r["peak_in_lungs"], r["n"]),
                              "No positive map": f"{r.get('empty_maps', 0):.1%}",
                              "Lungs' share of the image": f"{report['lung_area'].get(name, 0):.1%}"})
     st.table(rows)

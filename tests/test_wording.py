@@ -67,3 +67,14 @@ def test_lung_share_text_and_caution():
     assert wording.lung_caution(0.49) == OUTSIDE_LUNGS_CAUTION
     assert wording.lung_caution(0.5) is None
     assert wording.lung_caution(0.9) is None
+
+
+def test_share_of_counts_first_and_never_rounds_to_all_or_none():
+    from pneumo.reading.wording import share_of
+
+    assert share_of(382 / 383, 383) == "382 of 383 (> 99 %)"
+    assert share_of(1.0, 383) == "383 of 383 (100 %)"
+    assert share_of(1 / 234, 234) == "1 of 234 (< 1 %)"
+    assert share_of(0.0, 10) == "0 of 10 (0 %)"
+    assert share_of(98 / 234, 234) == "98 of 234 (42 %)"
+    assert share_of(0.5, 0) == "-"

@@ -22,6 +22,16 @@ def percent(value: float) -> str:
     return f"{math.floor(value * 100 + 0.5)} %"
 
 
+def share_of(share: float, n: int) -> str:
+    """A share of n counted things, count first: (0.997, 383) -> "382 of 383 (> 99 %)".
+
+    "100 %" and "0 %" only when it is all or none of them, never from rounding."""
+    if not n:
+        return "-"
+    k = math.floor(share * n + 0.5)
+    return f"{k} of {n} ({percent(k / n) if k in (0, n) else probability_text(k / n)})"
+
+
 def probability_text(probability: float | None) -> str:
     """A probability for a person: "< 1 %" and "> 99 %" at the extremes, whole percent between.
 
