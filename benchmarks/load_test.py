@@ -15,6 +15,11 @@ the server through :func:`pneumo.models.serving.log_reading`, which this script 
 it starts with ``PNEUMO_TIMING_LOG``; the log holds an anonymous session number, image counts
 and times only, and is deleted at the end). The target (issue 12) is on the server's clock:
 eight headless browsers on the same cores also load the CPU.
+
+It also reads the server process's CPU time (user + system, all threads) over the single session
+and over the N sessions. The N sessions' CPU seconds divided by the cores usable is a floor that
+no scheduler can beat on this machine: the slowest session cannot be ready before the server
+has done all N sessions' work (``work_floor_over_single``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,18 @@ def server_peak_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the server process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def images(n: int) -> list[tuple[str, bytes]]:
@@ -149,10 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             warm_up = set(server_times(log))
             ref_page = browser.new_page(viewport={"width": 1300, "height": 900})
             open_reader(ref_page, url)
+            cpu_before = server_cpu_s(server.pid)
             started = time.perf_counter()
             upload(ref_page, files)
             wait_all(ref_page, len(files), args.timeout)
             single = time.perf_counter() - started
+            cpu_single = server_cpu_s(server.pid) - cpu_before
             reference = shown_results(ref_page)
             ref_page.close()
             server_single = {k: t for k, t in server_times(log).items() if k not in warm_up}
@@ -161,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                      for _ in range(args.sessions)]
             for page in pages:
                 open_reader(page, url)
+            cpu_before = server_cpu_s(server.pid)
             started = time.perf_counter()
             for page in pages:
                 upload(page, files)
@@ -169,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait_all(page, len(files), args.timeout)
                 finish.append(time.perf_counter() - started)
                 mismatches += shown_results(page) != reference
+            cpu_all = server_cpu_s(server.pid) - cpu_before
             browser.close()
         peak = server_peak_mb(server.pid)
         server_all = server_times(log)
@@ -186,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                        "server_slowest_session_s": round(max(concurrent), 2),
                        "server_fastest_session_s": round(min(concurrent), 2),
                        "server_sessions_logged": len(concurrent),
-                       "server_slowest_over_single": round(max(concurrent) / one, 2)}
+                       "server_slowest_over_single": round(max(concurrent) / one, 2),
+                       "work_floor_over_single": round(cpu_all / usable_cores() / one, 2)}
     result = {"sessions": args.sessions, "images_per_session": len(files),
               "single_session_s": round(single, 2), "slowest_session_s": round(max(finish), 2),
               "fastest_session_s": round(min(finish), 2),
@@ -194,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
               "target": "server_slowest_over_single <= 2",
               "met": bool(server_side) and server_side["server_slowest_over_single"] <= 2.0,
               "server_peak_rss_mb": round(peak),
+              "cores": usable_cores(),
+              "server_cpu_single_session_s": round(cpu_single, 2),
+              "server_cpu_all_sessions_s": round(cpu_all, 2),
+              "server_cpu_per_image_single_ms": round(1000 * cpu_single / len(files), 1),
+              "server_cpu_per_image_all_ms": round(1000 * cpu_all / (args.sessions * len(files)), 1),
               "sessions_matching_reference": args.sessions - mismatches,
               "reference_results": len(reference),
               "load_average_at_start": load_at_start,
