@@ -17,9 +17,10 @@ and times only, and is deleted at the end). The target (issue 12) is on the serv
 eight headless browsers on the same cores also load the CPU.
 
 It also reads the server process's CPU time (user + system, all threads) over the single session
-and over the N sessions. The N sessions' CPU seconds divided by the cores usable is a floor that
-no scheduler can beat on this machine: the slowest session cannot be ready before the server
-has done all N sessions' work (``work_floor_over_single``).
+and over the N sessions. The N sessions' CPU seconds divided by the cores usable, over the
+single session's server time (``work_floor_over_single``), is how long the whole test's work
+takes on these cores at the least: the slowest session waits for most of it (every session's
+reading; the drawing of other sessions' cards could in principle come after).
 """
 
 from __future__ import annotations
