@@ -70,12 +70,18 @@ def random_crop_box() -> tf.Tensor:
     return tf.stack([y1, x1, y1 + h, x1 + w])
 
 
-def crop_together(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The same random crop of image (H, W, 3) and mask (H, W, 1), back at 224x224."""
+def _crop_box_together(image: tf.Tensor, mask: tf.Tensor, box: tf.Tensor
+                       ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Crop image (H, W, 3) and mask (H, W, 1) to ``box`` [y1, x1, y2, x2], back at 224x224."""
     stacked = tf.concat([image, mask * 255.0], axis=-1)[None]
     size = [config.IMAGE_SIZE, config.IMAGE_SIZE]
-    out = tf.image.crop_and_resize(stacked, random_crop_box()[None], [0], size, method="bilinear")[0]
+    out = tf.image.crop_and_resize(stacked, box[None], [0], size, method="bilinear")[0]
     return out[..., :3], tf.cast(out[..., 3:] >= 127.5, tf.float32)
+
+
+def crop_together(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The same random crop of image (H, W, 3) and mask (H, W, 1), back at 224x224."""
+    return _crop_box_together(image, mask, random_crop_box())
 
 
 def rotate_together(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -167,10 +173,7 @@ def mild_reencoding(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     box = tf.where(_chance(MILD_CROP_PROBABILITY),
                    tf.stack([cuts[0], cuts[1], 1.0 - cuts[2], 1.0 - cuts[3]]),
                    tf.constant([0.0, 0.0, 1.0, 1.0]))
-    stacked = tf.concat([image, mask * 255.0], axis=-1)[None]
-    size = [config.IMAGE_SIZE, config.IMAGE_SIZE]
-    out = tf.image.crop_and_resize(stacked, box[None], [0], size, method="bilinear")[0]
-    image, mask = out[..., :3], tf.cast(out[..., 3:] >= 127.5, tf.float32)
+    image, mask = _crop_box_together(image, mask, box)
     image = tf.cond(_chance(MILD_JPEG_PROBABILITY), lambda: _jpeg(image), lambda: image)
     image = tf.ensure_shape(image, [config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS])
     return image, tf.ensure_shape(mask, [config.IMAGE_SIZE, config.IMAGE_SIZE, 1])

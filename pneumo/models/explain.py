@@ -159,6 +159,17 @@ def explanations(probabilities: np.ndarray, logits: np.ndarray, features: np.nda
             for p, c, cpp, f in zip(np.ravel(probabilities), cam, cam_pp, pooled)]
 
 
+def pixel_batch(images: np.ndarray) -> np.ndarray:
+    """(N, 224, 224, 3) or one (224, 224, 3) image -> a batch for :meth:`ForwardExplainer.forward`.
+
+    uint8 pixels (what the decoder gives) stay uint8, so a runtime that takes them converts
+    inside the model instead of copying the batch to float32; anything else becomes float32."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = images.astype("float32", copy=False)
+    return images[None] if images.ndim == 3 else images
+
+
 class ForwardExplainer:
     """Probability + Grad-CAM + Grad-CAM++ + pooled features from one forward pass per batch.
 
@@ -173,15 +184,8 @@ class ForwardExplainer:
         raise NotImplementedError
 
     def explain(self, images: np.ndarray, batch_size: int = 16) -> list[Explanation]:
-        """(N, 224, 224, 3) RGB 0-255 -> one Explanation per image.
-
-        uint8 pixels (what the decoder gives) reach :meth:`forward` as they are, so a runtime
-        that takes them converts inside the model instead of copying the batch to float32."""
-        images = np.asarray(images)
-        if images.dtype != np.uint8:
-            images = images.astype("float32", copy=False)
-        if images.ndim == 3:
-            images = images[None]
+        """(N, 224, 224, 3) RGB 0-255 -> one Explanation per image (see :func:`pixel_batch`)."""
+        images = pixel_batch(images)
         out: list[Explanation] = []
         for i in range(0, len(images), batch_size):
             out.extend(explanations(*self.forward(images[i:i + batch_size]), self.head))

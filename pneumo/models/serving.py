@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pneumo import config
+from pneumo.models.explain import pixel_batch
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,7 @@ class InferenceQueue:
 
         ``batch_size`` is accepted for the explainer interface and ignored: the queue batches.
         """
-        images = np.asarray(images)  # uint8 stays uint8 (see ForwardExplainer.explain)
-        if images.dtype != np.uint8:
-            images = images.astype("float32", copy=False)
-        if images.ndim == 3:
-            images = images[None]
+        images = pixel_batch(images)
         self._ready.wait()
         if self.load_error is not None:
             raise self.load_error
