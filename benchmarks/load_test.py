@@ -65,10 +65,6 @@ def server_cpu_s(pid: int) -> float:
     return times.user + times.system
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def images(n: int) -> list[tuple[str, bytes]]:
     files = sorted(SHARED_TEST.glob("*/*.jpeg"))[::23][:n]
     if len(files) < n:
@@ -136,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
+    from pneumo.models.runtime import usable_cpus
     from pneumo.models.serving import TIMING_LOG_ENV
 
     port = free_port()
@@ -209,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                        "server_fastest_session_s": round(min(concurrent), 2),
                        "server_sessions_logged": len(concurrent),
                        "server_slowest_over_single": round(max(concurrent) / one, 2),
-                       "work_floor_over_single": round(cpu_all / usable_cores() / one, 2)}
+                       "work_floor_over_single": round(cpu_all / usable_cpus() / one, 2)}
     result = {"sessions": args.sessions, "images_per_session": len(files),
               "single_session_s": round(single, 2), "slowest_session_s": round(max(finish), 2),
               "fastest_session_s": round(min(finish), 2),
@@ -217,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
               "target": "server_slowest_over_single <= 2",
               "met": bool(server_side) and server_side["server_slowest_over_single"] <= 2.0,
               "server_peak_rss_mb": round(peak),
-              "cores": usable_cores(),
+              "cores": usable_cpus(),
               "server_cpu_single_session_s": round(cpu_single, 2),
               "server_cpu_all_sessions_s": round(cpu_all, 2),
               "server_cpu_per_image_single_ms": round(1000 * cpu_single / len(files), 1),

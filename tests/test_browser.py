@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -188,12 +189,41 @@ def test_no_outbound_connection_and_no_upload_on_disk(server, browser):
     assert not log.exists() or log.read_text() == "", f"outbound connections: {log.read_text()}"
     needle = data[len(data) // 2: len(data) // 2 + 512]
     for folder in (Path(tempfile.gettempdir()), ROOT, Path.home() / ".streamlit"):
-        for path in folder.rglob("*") if folder.exists() else []:
-            if "chromium" in str(path) or not path.is_file():
-                continue
+        for path in _files_written_since(folder, started):
             try:
-                if path.stat().st_mtime < started or path.stat().st_size > 50_000_000:
-                    continue
-                assert needle not in path.read_bytes(), f"uploaded bytes found in {path}"
+                data = path.read_bytes()
+            except OSError:  # vanished or unreadable since the walk listed it
+                continue
+            assert needle not in data, f"uploaded bytes found in {path}"
+
+
+def _files_written_since(folder: Path, since: float, max_bytes: int = 50_000_000) -> list[Path]:
+    """Regular files under ``folder`` modified after ``since`` (not Chromium's profile).
+
+    ``os.walk`` skips folders that vanish or cannot be read during the walk (other processes
+    share /tmp), where ``Path.rglob`` raised."""
+    found = []
+    for top, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(top) / name
+            try:
+                info = path.lstat()
             except OSError:
                 continue
+            if (stat.S_ISREG(info.st_mode) and info.st_mtime >= since and info.st_size <= max_bytes
+                    and "chromium" not in str(path)):
+                found.append(path)
+    return found
+
+
+def test_the_privacy_walk_lists_only_new_regular_files(tmp_path):
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"x")
+    os.utime(old, (1_000_000, 1_000_000))
+    (tmp_path / "sub").mkdir()
+    new = tmp_path / "sub" / "new.bin"
+    new.write_bytes(b"y")
+    (tmp_path / "link.bin").symlink_to(new)
+    (tmp_path / "chromium-profile").mkdir()
+    (tmp_path / "chromium-profile" / "cache.bin").write_bytes(b"z")
+    assert _files_written_since(tmp_path, since=2_000_000) == [new]

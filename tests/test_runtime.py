@@ -125,6 +125,19 @@ def test_missing_model_says_how_to_train_one(tmp_path):
         load_explainer(tmp_path / "missing.keras", cache_dir=tmp_path)
 
 
+def test_the_runtime_cli_offers_what_load_explainer_takes_and_says_when_there_is_no_model(
+        tmp_path, capsys):
+    from pneumo.cli import runtime as cli
+    from pneumo.models.runtime import RUNTIMES
+
+    with pytest.raises(SystemExit):
+        cli.main(["--runtime", "tensorrt"])
+    assert "choose from 'auto', 'keras'" in capsys.readouterr().err
+    assert set(RUNTIMES) == {"auto", "keras", "openvino", "litert"}
+    assert cli.main(["--model", str(tmp_path / "missing.keras"), "--runtime", "keras"]) == 1
+    assert "pneumo.train" in capsys.readouterr().err
+
+
 def test_openvino_telemetry_is_off_and_sends_nothing(tmp_path):
     """In a fresh process (HOME in tmp, not marked as CI, outbound connections refused and
     logged): importing pneumo then OpenVINO leaves OpenVINO on its no-op telemetry stub, writes

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import config
-from pneumo.models.runtime import _EXPLAINERS, load_explainer
+from pneumo.models.runtime import RUNTIMES, load_explainer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=config.weights_path(config.MODEL_FILE))
     parser.add_argument("--runtime", default=config.RUNTIME,
-                        choices=("auto", "keras", *_EXPLAINERS))
+                        choices=RUNTIMES)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:

@@ -223,7 +223,7 @@ class OpenVinoExplainer(ForwardExplainer):
             self.head = Head(head["kernel"].astype("float32"), float(head["scale"]),
                              float(head["bias"]))
         self.folder = folder
-        cores = int(threads or _cpus())
+        cores = int(threads or usable_cpus())
         self._core = ov.Core()
         self.streams = cores
         self._compiled: dict[str, tuple] = {}  # input type -> (request, batch requests, compiled)
@@ -321,7 +321,7 @@ class LiteRtExplainer(ForwardExplainer):
                              float(head["bias"]))
         self.folder = folder
         self._interpreter = Interpreter(model_path=str(folder / LITERT_FILE),
-                                        num_threads=threads or _cpus())
+                                        num_threads=threads or usable_cpus())
         self._runner = self._interpreter.get_signature_runner()
         details = self._runner.get_input_details()
         self._input = next(iter(details))
@@ -336,11 +336,13 @@ class LiteRtExplainer(ForwardExplainer):
         return prob.reshape(-1), logit.reshape(-1), feats
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 _EXPLAINERS = {"openvino": OpenVinoExplainer, "litert": LiteRtExplainer}
+RUNTIMES = ("auto", "keras", *_EXPLAINERS)  # what ``load_explainer(runtime=...)`` accepts
 
 
 def _fast_explainer(model_path: Path, cache_dir: Path, backend: str) -> ForwardExplainer:
@@ -371,7 +373,7 @@ def load_explainer(model_path: str | Path | None = None, runtime: str = config.R
         raise FileNotFoundError(
             f"No model at {model_path}. Train one with `python -m pneumo.train --data PATH`."
         )
-    if runtime not in ("auto", "keras", *_EXPLAINERS):
+    if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}")
     cache_dir = Path(cache_dir) if cache_dir is not None else config.RUNTIME_CACHE_DIR
     for backend in AUTO_ORDER if runtime == "auto" else (() if runtime == "keras" else (runtime,)):
