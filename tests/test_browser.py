@@ -191,10 +191,10 @@ def test_no_outbound_connection_and_no_upload_on_disk(server, browser):
     for folder in (Path(tempfile.gettempdir()), ROOT, Path.home() / ".streamlit"):
         for path in _files_written_since(folder, started):
             try:
-                data = path.read_bytes()
+                content = path.read_bytes()
             except OSError:  # vanished or unreadable since the walk listed it
                 continue
-            assert needle not in data, f"uploaded bytes found in {path}"
+            assert needle not in content, f"uploaded bytes found in {path}"
 
 
 def _files_written_since(folder: Path, since: float, max_bytes: int = 50_000_000) -> list[Path]:
