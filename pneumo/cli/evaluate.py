@@ -176,11 +176,10 @@ def main(argv: list[str] | None = None) -> None:
         artifacts.write_predictions(split, splits[split], results[split]["probability"], args.weights)
     metrics = compute_metrics(results["val"], results["test"], args.bootstrap)
     metrics["heatmaps"] = heatmap_figures(results["test"], args.lung_masks, args.lungs)
-    previous = artifacts.read_metrics(args.weights)
-    if args.keep_ood and previous is not None and previous.ood and \
-            artifacts.ood_file(args.weights).exists():
+    previous_ood = artifacts.read_ood_figures(args.weights)
+    if args.keep_ood and previous_ood and artifacts.ood_file(args.weights).exists():
         print("kept the OOD reference and its figures (--keep-ood)")
-        metrics["ood"] = previous.ood
+        metrics["ood"] = previous_ood
     else:
         metrics["ood"] = fit_ood(model, splits["train"], results, args.weights)
     artifacts.write_metrics(metrics, args.weights)

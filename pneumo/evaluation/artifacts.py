@@ -110,6 +110,19 @@ def write_metrics(metrics: dict, weights_dir: Path | None = None) -> Metrics:
     return parsed
 
 
+def read_ood_figures(weights_dir: Path | None = None) -> dict:
+    """Only the ``ood`` section of ``metrics.json`` ({} when the file or the section is missing).
+
+    ``evaluate --keep-ood`` carries it over; it must not depend on the rest of the file, which
+    may come from an older version or a partial run.
+    """
+    path = weights_file(config.METRICS_FILE, weights_dir)
+    if not path.exists():
+        return {}
+    section = json.loads(path.read_text()).get("ood", {})
+    return section if isinstance(section, dict) else {}
+
+
 def update_metrics_section(name: str, section: dict, weights_dir: Path | None = None) -> None:
     """Replace one top-level section of ``metrics.json`` (e.g. ``ood`` after a refit)."""
     path = weights_file(config.METRICS_FILE, weights_dir)
