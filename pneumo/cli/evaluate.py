@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import config
-from pneumo.data.splits import Sample, load_arrays, load_splits
+from pneumo.data.splits import Sample, layout_problem, load_arrays, load_splits
 from pneumo.evaluation import artifacts
 from pneumo.evaluation import metrics as m
 
@@ -149,7 +149,8 @@ def format_table(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate pneumo's model on val and test.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.evaluate", description="Evaluate pneumo's model on val and test.")
     parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout chest_xray folder")
     parser.add_argument("--weights", type=Path, default=config.WEIGHTS_DIR,
                         help="folder with pneumo.keras; results are written here")
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
                              "minutes): they depend on the backbone only, so this is right after a "
                              "calibration-only change (`python -m pneumo.train --recalibrate`)")
     args = parser.parse_args(argv)
+    if problem := layout_problem(args.data):
+        parser.error(problem)
 
     from pneumo.models.classifier import load_model
     from pneumo.models.explain import CamExplainer

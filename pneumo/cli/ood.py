@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from pneumo import config
+from pneumo.data.splits import layout_problem, load_arrays, load_splits
 from pneumo.evaluation import artifacts
 from pneumo.models.ood import AUGMENTED_COPIES, fit_reference, pooled_features, report
 
@@ -15,7 +16,6 @@ from pneumo.models.ood import AUGMENTED_COPIES, fit_reference, pooled_features, 
 def refit(data: Path, weights: Path = config.WEIGHTS_DIR, copies: int = AUGMENTED_COPIES) -> dict:
     """Refit only the OOD reference of the model in ``weights``: writes ``ood.npz`` and the
     ``"ood"`` section of ``metrics.json`` as ``python -m pneumo.evaluate`` does."""
-    from pneumo.data.splits import load_arrays, load_splits
     from pneumo.models.classifier import load_model
 
     model = load_model(Path(weights) / config.MODEL_FILE)
@@ -32,7 +32,8 @@ def refit(data: Path, weights: Path = config.WEIGHTS_DIR, copies: int = AUGMENTE
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Refit the 'not a chest X-ray' reference.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.ood", description="Refit the 'not a chest X-ray' reference.")
     parser.add_argument("--refit", action="store_true", required=True,
                         help="refit weights/ood.npz and the 'ood' section of metrics.json")
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--copies", type=int, default=AUGMENTED_COPIES,
                         help="augmented copies per radiograph (0: the first rule)")
     args = parser.parse_args(argv)
+    if problem := layout_problem(args.data):
+        parser.error(problem)
     section = refit(args.data, args.weights, args.copies)
     print(json.dumps(section, indent=2))
 

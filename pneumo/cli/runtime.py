@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import time
 
-    parser = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.runtime", description=main.__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=config.weights_path(config.MODEL_FILE))
     parser.add_argument("--runtime", default=config.RUNTIME,
                         choices=RUNTIMES)

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from pneumo import config
 from pneumo.data.augment import augment_example, mild_reencoding
-from pneumo.data.splits import class_counts, fingerprint, load_arrays, load_splits
+from pneumo.data.splits import class_counts, fingerprint, layout_problem, load_arrays, load_splits
 from pneumo.evaluation import artifacts
 from pneumo.evaluation.metrics import fit_platt, log_loss, roc_auc
 from pneumo.models.classifier import (
@@ -516,7 +516,8 @@ def _limit(samples, n):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train pneumo's EfficientNet-Lite0 classifier.")
+    p = argparse.ArgumentParser(
+        prog="python -m pneumo.train", description="Train pneumo's EfficientNet-Lite0 classifier.")
     p.add_argument("--data", type=Path, required=True, help="Kaggle-layout chest_xray folder")
     p.add_argument("--out", type=Path, default=config.WEIGHTS_DIR)
     p.add_argument("--epochs", type=int, default=config.FINETUNE_EPOCHS, help="fine-tuning epochs")
@@ -545,7 +546,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="only refit the calibration of the model in --out (no training)")
     p.add_argument("--limit", type=int, help="at most N images per class and split (smoke runs)")
     p.add_argument("--verbose", type=int, default=1, help="Keras verbosity: 1 progress bar, 2 lines")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if problem := layout_problem(args.data):
+        p.error(problem)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,14 @@ import numpy as np
 import tensorflow as tf
 
 from pneumo import config
-from pneumo.data.lung_masks import fingerprint, load_pairs, read_pairs, resize_mask, split_for_fitting
+from pneumo.data.lung_masks import (
+    fingerprint,
+    layout_problem,
+    load_pairs,
+    read_pairs,
+    resize_mask,
+    split_for_fitting,
+)
 from pneumo.evaluation import artifacts
 from pneumo.models.lungs import build_segmenter, clean_mask, dice
 
@@ -178,7 +185,8 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train pneumo's lung-field segmenter.")
+    p = argparse.ArgumentParser(
+        prog="python -m pneumo.train_lungs", description="Train pneumo's lung-field segmenter.")
     p.add_argument("--data", type=Path, required=True,
                    help="lung_masks folder (MANIFEST.csv, images/, masks/)")
     p.add_argument("--out", type=Path, default=config.WEIGHTS_DIR)
@@ -187,7 +195,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=config.LUNG_BATCH_SIZE)
     p.add_argument("--limit", type=int, help="at most N training pairs (smoke runs)")
     p.add_argument("--verbose", type=int, default=2)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if problem := layout_problem(args.data):
+        p.error(problem)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

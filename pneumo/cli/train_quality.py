@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from pneumo import config
-from pneumo.data.splits import fingerprint, load_splits
+from pneumo.data.splits import fingerprint, layout_problem, load_splits
 from pneumo.evaluation import artifacts
 from pneumo.io.images import load_image
 from pneumo.models import quality
@@ -240,12 +240,15 @@ def train(data: Path, epochs: int = config.QUALITY_EPOCHS, out_dir: Path | None 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.train_quality", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=config.SHARED_DATA_DIR,
                         help="Kaggle-layout chest_xray folder (train/ is used, test/ is not)")
     parser.add_argument("--epochs", type=int, default=config.QUALITY_EPOCHS)
     parser.add_argument("--out", type=Path, default=None, help="weights folder to write to")
     args = parser.parse_args(argv)
+    if problem := layout_problem(args.data):
+        parser.error(problem)
     record = train(args.data, args.epochs, args.out)
     v = record["validation"]
     print(f"thresholds {record['thresholds']}; validation accuracy per transform:")

@@ -56,12 +56,20 @@ class LungPair:
         return patient_id(self.source_name) if self.group.startswith("kermany") else self.id
 
 
+def layout_problem(root: Path) -> str | None:
+    """Why ``root`` is not a lung_masks folder, or None when it has its manifest."""
+    if (Path(root) / "MANIFEST.csv").exists():
+        return None
+    return f"{root} has no MANIFEST.csv: point --data at the lung_masks folder."
+
+
 def read_pairs(root: Path) -> list[LungPair]:
     """Every pair listed in ``root/MANIFEST.csv`` whose two files exist, in manifest order."""
     root = Path(root)
     manifest = root / "MANIFEST.csv"
-    if not manifest.exists():
-        raise FileNotFoundError(f"{root} has no MANIFEST.csv: point --data at the lung_masks folder.")
+    problem = layout_problem(root)
+    if problem:
+        raise FileNotFoundError(problem)
     pairs = []
     with manifest.open(newline="") as f:
         for row in csv.DictReader(f):

@@ -78,16 +78,22 @@ def read_split(root: Path, split: str) -> list[Sample]:
     return samples
 
 
-def check_layout(root: Path) -> None:
-    """Raise a clear error when ``root`` is not a Kaggle-layout chest_xray folder."""
+def layout_problem(root: Path) -> str | None:
+    """Why ``root`` is not a Kaggle-layout chest_xray folder, or None when it is."""
     root = Path(root)
     missing = [f"{s}/{c}" for s in ("train", "test") for c in config.CLASS_NAMES
                if not (root / s / c).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"{root} is not in the Kaggle layout: missing {', '.join(missing)}. "
-            "Point --data at the chest_xray folder that holds train/ and test/."
-        )
+    if not missing:
+        return None
+    return (f"{root} is not in the Kaggle layout: missing {', '.join(missing)}. "
+            "Point --data at the chest_xray folder that holds train/ and test/.")
+
+
+def check_layout(root: Path) -> None:
+    """Raise :func:`layout_problem`'s message when ``root`` is not a Kaggle-layout folder."""
+    problem = layout_problem(root)
+    if problem:
+        raise FileNotFoundError(problem)
 
 
 def carve_validation(

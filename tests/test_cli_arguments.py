@@ -1,0 +1,31 @@
+"""Every program that reads a data folder says what is wrong with a wrong one, without a traceback."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+FOLDER_PROGRAMS = {
+    "train": ["--data", "{bad}", "--out", "{out}"],
+    "evaluate": ["--data", "{bad}", "--weights", "{out}"],
+    "ood": ["--refit", "--data", "{bad}", "--weights", "{out}"],
+    "train_quality": ["--data", "{bad}", "--out", "{out}"],
+    "train_lungs": ["--data", "{bad}", "--out", "{out}"],
+}
+
+
+@pytest.mark.parametrize("program", sorted(FOLDER_PROGRAMS))
+def test_a_wrong_data_folder_is_a_usage_error(program, tmp_path, capsys):
+    bad = tmp_path / "not_the_data"
+    (bad / "train" / "NORMAL").mkdir(parents=True)  # half a layout: still wrong
+    argv = [a.format(bad=bad, out=tmp_path / "out") for a in FOLDER_PROGRAMS[program]]
+    module = importlib.import_module(f"pneumo.cli.{program}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"python -m pneumo.{program}: error: {bad}" in err
+    assert ("MANIFEST.csv" if program == "train_lungs" else "missing train/PNEUMONIA") in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written before the check
