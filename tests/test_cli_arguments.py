@@ -1,4 +1,5 @@
-"""Every program that reads a data folder says what is wrong with a wrong one, without a traceback."""
+"""Every program that reads a data folder or a model says what is wrong with a wrong one, before any
+work and without a traceback."""
 
 from __future__ import annotations
 
@@ -29,3 +30,21 @@ def test_a_wrong_data_folder_is_a_usage_error(program, tmp_path, capsys):
     assert ("MANIFEST.csv" if program == "train_lungs" else "missing train/PNEUMONIA") in err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written before the check
+
+
+@pytest.mark.parametrize("program, argv", [
+    ("evaluate", ["--weights", "{empty}"]),
+    ("ood", ["--refit", "--weights", "{empty}"]),
+    ("train", ["--out", "{empty}", "--recalibrate"]),
+])
+def test_a_missing_model_is_a_usage_error(program, argv, kaggle_folder, tmp_path, capsys):
+    empty = tmp_path / "no_model"
+    empty.mkdir()
+    module = importlib.import_module(f"pneumo.cli.{program}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--data", str(kaggle_folder)] + [a.format(empty=empty) for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"No model at {empty / 'pneumo.keras'}" in err
+    assert "Traceback" not in err
+    assert list(empty.iterdir()) == []

@@ -47,6 +47,17 @@ def test_train_resume_and_evaluate(kaggle_folder, tmp_path):
     assert all(0 <= float(r["probability"]) <= 1 for r in rows)
     assert (out / "ood.npz").exists()
 
+    # --recalibrate on a folder holding only the model and its record, as a fresh clone's
+    # weights/ does (checkpoints/ is not in git): the decoded-image cache is made, not assumed
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in (config.MODEL_FILE, config.TRAINING_FILE):
+        (fresh / name).write_bytes((out / name).read_bytes())
+    train.main(["--data", str(kaggle_folder), "--out", str(fresh), "--recalibrate", "--verbose", "0"])
+    recalibrated = json.loads((fresh / config.TRAINING_FILE).read_text())["calibration"]
+    assert recalibrated["previous"] == report["calibration"]
+    assert (fresh / "checkpoints" / "arrays.npz").exists()
+
 
 def test_bernoulli_jsd_against_hand_computed_values():
     import math

@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     if problem := layout_problem(args.data):
         parser.error(problem)
 
-    from pneumo.models.classifier import load_model
+    from pneumo.models.classifier import load_model, model_problem
+
+    if problem := model_problem(args.weights / config.MODEL_FILE):
+        parser.error(problem)
     from pneumo.models.explain import CamExplainer
 
     model = load_model(args.weights / config.MODEL_FILE)

@@ -10,14 +10,13 @@ from pathlib import Path
 from pneumo import config
 from pneumo.data.splits import layout_problem, load_arrays, load_splits
 from pneumo.evaluation import artifacts
+from pneumo.models.classifier import load_model, model_problem
 from pneumo.models.ood import AUGMENTED_COPIES, fit_reference, pooled_features, report
 
 
 def refit(data: Path, weights: Path = config.WEIGHTS_DIR, copies: int = AUGMENTED_COPIES) -> dict:
     """Refit only the OOD reference of the model in ``weights``: writes ``ood.npz`` and the
     ``"ood"`` section of ``metrics.json`` as ``python -m pneumo.evaluate`` does."""
-    from pneumo.models.classifier import load_model
-
     model = load_model(Path(weights) / config.MODEL_FILE)
     splits = load_splits(Path(data))
     arrays = {split: load_arrays(splits[split])[0] for split in ("train", "val", "test")}
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--copies", type=int, default=AUGMENTED_COPIES,
                         help="augmented copies per radiograph (0: the first rule)")
     args = parser.parse_args(argv)
-    if problem := layout_problem(args.data):
+    if problem := layout_problem(args.data) or model_problem(args.weights / config.MODEL_FILE):
         parser.error(problem)
     section = refit(args.data, args.weights, args.copies)
     print(json.dumps(section, indent=2))

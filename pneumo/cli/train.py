@@ -40,6 +40,7 @@ from pneumo.models.classifier import (
     backbone_layers,
     build_classifier,
     logit_model,
+    model_problem,
     set_calibration,
 )
 
@@ -321,6 +322,7 @@ def cached_arrays(out: Path, splits: dict, lungs_path: Path) -> dict[str, np.nda
         masks = np.stack([f.mask for f in segmenter.fields(images)]) if len(images) else \
             np.zeros((0, config.IMAGE_SIZE, config.IMAGE_SIZE), bool)
         arrays.update({f"x_{split}": images, f"y_{split}": labels, f"m_{split}": masks.astype("uint8")})
+    cache.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no checkpoints/
     np.savez(cache, **arrays)
     return arrays
 
@@ -549,6 +551,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if problem := layout_problem(args.data):
         p.error(problem)
+    if args.recalibrate and (problem := model_problem(args.out / config.MODEL_FILE)):
+        p.error(f"--recalibrate refits the calibration of a trained model. {problem}")
     return args
 
 

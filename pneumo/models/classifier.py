@@ -185,13 +185,18 @@ def logit_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer(config.LOGIT_LAYER).output)
 
 
+def model_problem(path: str | Path) -> str | None:
+    """Why there is no model to load at ``path``, or None when the file is there."""
+    if Path(path).is_file():
+        return None
+    return f"No model at {path}. Train one with `python -m pneumo.train --data PATH`."
+
+
 def load_model(path: str | Path | None = None) -> keras.Model:
     """Load the bundled (or given) ``.keras`` model for inference."""
     path = Path(path) if path is not None else config.weights_path(config.MODEL_FILE)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"No model at {path}. Train one with `python -m pneumo.train --data PATH`."
-        )
+    if problem := model_problem(path):
+        raise FileNotFoundError(problem)
     return keras.saving.load_model(path, compile=False)
 
 
