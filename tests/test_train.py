@@ -18,7 +18,7 @@ def test_train_resume_and_evaluate(kaggle_folder, tmp_path):
 
     out = tmp_path / "weights"
     common = ["--data", str(kaggle_folder), "--out", str(out), "--batch-size", "4",
-              "--head-epochs", "2", "--verbose", "0"]
+              "--head-epochs", "2", "--verbose", "0", "--seed", "7"]
     train.main(common + ["--epochs", "1"])
     for name in (config.MODEL_FILE, config.HISTORY_FILE, config.TRAINING_FILE):
         assert (out / name).exists(), name
@@ -34,6 +34,7 @@ def test_train_resume_and_evaluate(kaggle_folder, tmp_path):
     assert report["calibration"]["method"] == "platt"
     assert report["checkpoint"]["chosen"] in ("best_epoch", "averaged")
     assert report["config"]["lung_penalty"] == config.LUNG_PENALTY
+    assert (report["config"]["seed"], report["config"]["split_seed"]) == (7, config.SEED)
     assert set(rows[0]) >= {"val_loss", "val_outside"}
 
     evaluate.main(["--data", str(kaggle_folder), "--weights", str(out), "--bootstrap", "50"])

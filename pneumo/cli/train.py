@@ -339,7 +339,7 @@ def average_weights(model: keras.Model, files: list[Path]) -> None:
 
 def train(args: argparse.Namespace) -> dict:
     started = time.time()
-    keras.utils.set_random_seed(config.SEED)
+    keras.utils.set_random_seed(args.seed)
     out: Path = args.out
     ckpt = out / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -387,7 +387,7 @@ def train(args: argparse.Namespace) -> dict:
     if state["epochs_done"] < args.epochs:
         trainer.fit(
             make_dataset(x_train, m_train, y_train, args.batch_size,
-                         seed=config.SEED + state["epochs_done"], views=views,
+                         seed=args.seed + state["epochs_done"], views=views,
                          mild_second_view=args.stability > 0),
             epochs=args.epochs,
             steps_per_epoch=steps_per_epoch if views > 1 else None,
@@ -425,7 +425,8 @@ def train(args: argparse.Namespace) -> dict:
             "image_size": config.IMAGE_SIZE, "batch_size": args.batch_size,
             "head_epochs": args.head_epochs, "max_finetune_epochs": args.epochs,
             "finetune_from": args.finetune_from, "learning_rate": args.lr,
-            "early_stopping_patience": config.EARLY_STOPPING_PATIENCE, "seed": config.SEED,
+            "early_stopping_patience": config.EARLY_STOPPING_PATIENCE, "seed": args.seed,
+            "split_seed": config.SEED,
             "val_fraction": config.VAL_FRACTION, "dropout": config.DROPOUT_RATE,
             "class_weights": class_weights(y_train), "limit": args.limit,
             "lung_penalty": args.lung_penalty, "average_last": args.average_last,
@@ -546,6 +547,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.keras")
     p.add_argument("--recalibrate", action="store_true",
                    help="only refit the calibration of the model in --out (no training)")
+    p.add_argument("--seed", type=int, default=config.SEED,
+                   help="seed of the training randomness (initialisation, augmentation, order); "
+                        "the validation split and the calibration views always use config.SEED")
     p.add_argument("--limit", type=int, help="at most N images per class and split (smoke runs)")
     p.add_argument("--verbose", type=int, default=1, help="Keras verbosity: 1 progress bar, 2 lines")
     args = p.parse_args(argv)
