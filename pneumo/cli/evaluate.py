@@ -164,14 +164,12 @@ def main(argv: list[str] | None = None) -> None:
                              "minutes): they depend on the backbone only, so this is right after a "
                              "calibration-only change (`python -m pneumo.train --recalibrate`)")
     args = parser.parse_args(argv)
-    if problem := layout_problem(args.data):
-        parser.error(problem)
 
     from pneumo.models.classifier import load_model, model_problem
-
-    if problem := model_problem(args.weights / config.MODEL_FILE):
-        parser.error(problem)
     from pneumo.models.explain import CamExplainer
+
+    if problem := layout_problem(args.data) or model_problem(args.weights / config.MODEL_FILE):
+        parser.error(problem)
 
     model = load_model(args.weights / config.MODEL_FILE)
     explainer = CamExplainer(model)
