@@ -31,3 +31,13 @@ def test_each_decision_follows_from_its_validation_figures(path):
         val["log_loss"] <= rule["max_val_log_loss"]
     assert run["decision"] == ("kept" if passes else "not kept")
 
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "tried").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_each_record_gives_its_test_figures_as_plain_numbers(path):
+    record = json.loads(path.read_text())
+    test = record.get("test_computed_after_the_decision") or record["test"]
+    figures = {**test["at_recommended"], "auc": test["auc"], "ece": test["ece"]}
+    assert all(isinstance(v, float) and 0 <= v <= 1 for v in figures.values()), figures
+    assert sorted(test["reencodings"]) == sorted(TRANSFORMS)
