@@ -32,7 +32,6 @@ def test_each_decision_follows_from_its_validation_figures(path):
     assert run["decision"] == ("kept" if passes else "not kept")
 
 
-
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "tried").glob("*.json")),
                          ids=lambda p: p.stem)
 def test_each_record_gives_its_test_figures_as_plain_numbers(path):

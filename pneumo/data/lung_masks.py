@@ -66,10 +66,9 @@ def layout_problem(root: Path) -> str | None:
 def read_pairs(root: Path) -> list[LungPair]:
     """Every pair listed in ``root/MANIFEST.csv`` whose two files exist, in manifest order."""
     root = Path(root)
-    manifest = root / "MANIFEST.csv"
-    problem = layout_problem(root)
-    if problem:
+    if problem := layout_problem(root):
         raise FileNotFoundError(problem)
+    manifest = root / "MANIFEST.csv"
     pairs = []
     with manifest.open(newline="") as f:
         for row in csv.DictReader(f):

@@ -91,8 +91,7 @@ def layout_problem(root: Path) -> str | None:
 
 def check_layout(root: Path) -> None:
     """Raise :func:`layout_problem`'s message when ``root`` is not a Kaggle-layout folder."""
-    problem = layout_problem(root)
-    if problem:
+    if problem := layout_problem(root):
         raise FileNotFoundError(problem)
 
 

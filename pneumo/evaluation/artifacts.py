@@ -116,19 +116,21 @@ def read_ood_figures(weights_dir: Path | None = None) -> dict:
     ``evaluate --keep-ood`` carries it over; it must not depend on the rest of the file, which
     may come from an older version or a partial run.
     """
-    path = weights_file(config.METRICS_FILE, weights_dir)
-    if not path.exists():
-        return {}
-    section = json.loads(path.read_text()).get("ood", {})
+    section = _metrics_as_read(weights_dir).get("ood", {})
     return section if isinstance(section, dict) else {}
+
+
+def _metrics_as_read(weights_dir: Path | None = None) -> dict:
+    """``metrics.json`` as plain JSON, unchecked; {} when it is missing."""
+    path = weights_file(config.METRICS_FILE, weights_dir)
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def update_metrics_section(name: str, section: dict, weights_dir: Path | None = None) -> None:
     """Replace one top-level section of ``metrics.json`` (e.g. ``ood`` after a refit)."""
-    path = weights_file(config.METRICS_FILE, weights_dir)
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = _metrics_as_read(weights_dir)
     metrics[name] = section
-    path.write_text(json.dumps(metrics, indent=2))
+    weights_file(config.METRICS_FILE, weights_dir).write_text(json.dumps(metrics, indent=2))
 
 
 def read_thresholds(weights_dir: Path | None = None) -> Thresholds | None:
