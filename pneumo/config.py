@@ -51,6 +51,7 @@ LUNG_PENALTY = 0.5  # weight of the CAM share outside the lungs in the fine-tuni
 AVERAGE_LAST_EPOCHS = 3
 CONSISTENCY_WEIGHT = 0.0  # two views per image, squared logit difference (see README: run 2)
 STABILITY_WEIGHT = 4.0  # an image and its mildly re-encoded copy, Bernoulli JSD (README: run 3)
+HFLIP_PROBABILITY = 0.0  # left-right mirror in fine-tuning (train --hflip; issue #25's recipe runs)
 STABILITY_FROM_EPOCH = 2  # the stability term is off in the first fine-tuning epoch
 
 # Lung-field segmenter (pneumo.models.lungs): a small U-Net on the classifier's own 224 px input.

@@ -65,3 +65,19 @@ def test_mild_reencoding_stays_close_and_keeps_the_mask_aligned():
         assert 0.8 < float(tf.reduce_sum(m)) / float(tf.reduce_sum(mask)) < 1.25
         changed += not np.array_equal(x.numpy(), image.numpy())
     assert changed >= 10  # crop p 0.5, JPEG p 0.75: nearly every copy differs
+
+
+def test_flip_together_mirrors_image_and_mask_alike():
+    import numpy as np
+    import tensorflow as tf
+
+    from pneumo.data.augment import flip_together
+
+    image = tf.constant(np.arange(2 * 3 * 3, dtype="float32").reshape(2, 3, 3))
+    mask = tf.constant(np.array([[[1.0], [0.0], [0.0]], [[1.0], [0.0], [0.0]]], dtype="float32"))
+    flipped, fmask = flip_together(image, mask, 1.0)
+    np.testing.assert_array_equal(flipped.numpy(), image.numpy()[:, ::-1])
+    np.testing.assert_array_equal(fmask.numpy(), mask.numpy()[:, ::-1])
+    same, smask = flip_together(image, mask, 0.0)
+    np.testing.assert_array_equal(same.numpy(), image.numpy())
+    np.testing.assert_array_equal(smask.numpy(), mask.numpy())

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from pneumo import config
-from pneumo.data.augment import augment_example, mild_reencoding
+from pneumo.data.augment import augment_example, flip_together, mild_reencoding
 from pneumo.data.splits import class_counts, fingerprint, layout_problem, load_arrays, load_splits
 from pneumo.evaluation import artifacts
 from pneumo.evaluation.metrics import fit_platt, log_loss, roc_auc
@@ -48,14 +48,16 @@ CAM_MASS_EPSILON = 1.0  # added to the CAM's total mass so an all-negative map h
 
 
 def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batch_size: int,
-                 seed: int = config.SEED, views: int = 1, mild_second_view: bool = False
-                 ) -> tf.data.Dataset:
+                 seed: int = config.SEED, views: int = 1, mild_second_view: bool = False,
+                 hflip: float = 0.0) -> tf.data.Dataset:
     """Training batches of ((float32 RGB 0-255, lung mask 0/1), label), shuffled and augmented.
 
     With ``views=2`` every image appears twice in its batch as neighbours (rows 2i and 2i+1),
     for the consistency or stability term: augmented independently, or (``mild_second_view``)
     the second row is the first one mildly re-encoded (:func:`mild_reencoding`). A batch then
-    holds ``batch_size / 2`` images and the data set repeats.
+    holds ``batch_size / 2`` images and the data set repeats. ``hflip``: probability of a
+    left-right mirror of image and mask (:func:`pneumo.data.augment.flip_together`); both views
+    of an image share it.
     """
     size = config.IMAGE_SIZE
     ds = tf.data.Dataset.from_tensor_slices((images, masks[..., None], labels[:, None]))
@@ -63,8 +65,10 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, batc
 
     def prepare(x, m, y):
         if views == 1:
-            x, m = augment_example(x, m)
+            x, m = augment_example(x, m, hflip)
             return (x, m), y
+        if hflip > 0:  # both views of one image mirrored alike
+            x, m = flip_together(x, m, hflip)
         xa, ma = augment_example(x, m)
         xb, mb = mild_reencoding(xa, ma) if mild_second_view else augment_example(x, m)
         return (tf.stack([xa, xb]), tf.stack([ma, mb])), tf.stack([y, y])
@@ -388,7 +392,7 @@ def train(args: argparse.Namespace) -> dict:
         trainer.fit(
             make_dataset(x_train, m_train, y_train, args.batch_size,
                          seed=args.seed + state["epochs_done"], views=views,
-                         mild_second_view=args.stability > 0),
+                         mild_second_view=args.stability > 0, hflip=args.hflip),
             epochs=args.epochs,
             steps_per_epoch=steps_per_epoch if views > 1 else None,
             initial_epoch=state["epochs_done"],
@@ -430,7 +434,7 @@ def train(args: argparse.Namespace) -> dict:
             "val_fraction": config.VAL_FRACTION, "dropout": config.DROPOUT_RATE,
             "class_weights": class_weights(y_train), "limit": args.limit,
             "lung_penalty": args.lung_penalty, "average_last": args.average_last,
-            "consistency": args.consistency, "stability": args.stability,
+            "consistency": args.consistency, "stability": args.stability, "hflip": args.hflip,
             "stability_from_epoch": config.STABILITY_FROM_EPOCH,
             "augmentation": "pneumo.data.augment (crop 50-100 % area, shift, rotation, resize, blur/"
                             "sharpen, JPEG q30-95 or none, gamma/contrast/brightness, noise)",
@@ -541,6 +545,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the Jensen-Shannon divergence between an augmented image and "
                         "its mildly re-encoded copy, from epoch config.STABILITY_FROM_EPOCH on "
                         "(0: off; otherwise each batch holds half as many images, twice)")
+    p.add_argument("--hflip", type=float, default=config.HFLIP_PROBABILITY,
+                   help="probability of mirroring a training image (and its lung mask) left-right "
+                        "(0: never, run 3's recipe)")
     p.add_argument("--average-last", type=int, default=config.AVERAGE_LAST_EPOCHS,
                    help="average the weights of this many last epochs if validation prefers it")
     p.add_argument("--max-minutes", type=float, help="stop fine-tuning after this many minutes")

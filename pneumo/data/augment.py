@@ -14,8 +14,11 @@ Read top to bottom, :func:`augment_example` does:
 same augmented image again, with a small border crop and/or a JPEG re-encoding, the kind of
 difference there is between a radiograph's copies in the wild (see ``benchmarks/robustness.py``).
 
-Everything is applied the same way to NORMAL and PNEUMONIA images. No flips: laterality
-matters. Images are float32 RGB 0-255, masks float32 0/1, both (224, 224, C).
+Everything is applied the same way to NORMAL and PNEUMONIA images. No flips by default;
+``augment_example(..., hflip=p)`` mirrors image and mask left-right with probability p first
+(``train --hflip``, issue #25: without flips a model can learn a side prior for free, and its
+heat map then shows one lung whatever the film). Images are float32 RGB 0-255, masks float32
+0/1, both (224, 224, C).
 """
 
 from __future__ import annotations
@@ -156,10 +159,23 @@ def acquisition(image: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def augment_example(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """One training example: framing, rotation, acquisition. See the module docstring."""
+def flip_together(image: tf.Tensor, mask: tf.Tensor, probability: float
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mirror image and mask left-right together with the given probability."""
+    if probability <= 0:
+        return image, mask
+    return tf.cond(_chance(probability),
+                   lambda: (tf.reverse(image, [1]), tf.reverse(mask, [1])),
+                   lambda: (image, mask))
+
+
+def augment_example(image: tf.Tensor, mask: tf.Tensor, hflip: float = 0.0
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    """One training example: (optional left-right flip), framing, rotation, acquisition. See the
+    module docstring."""
     image = tf.cast(image, tf.float32)
     mask = tf.cast(mask, tf.float32)
+    image, mask = flip_together(image, mask, hflip)
     image, mask = crop_together(image, mask)
     image, mask = rotate_together(image, mask)
     image = acquisition(image)
