@@ -171,3 +171,25 @@ QUEUE_MAX_PENDING = 16  # requests waiting at most (memory bound: x QUEUE_REQUES
 # each may use up to DECODE_MEMORY_BUDGET_MB.
 DECODE_WORKERS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                             else (os.cpu_count() or 1)))
+
+# Scope: who and what pneumo answers about (pneumo.reading.scope, pneumo.reading.trust)
+# The training population (Kermany 2018) is children aged one to five. A DICOM header's age is
+# accepted in [low, high) years: 1.0 to 6.0, i.e. from the first birthday up to the day before the
+# sixth, the training range itself with no margin. No margin above 5 because there are no data to
+# show that the model holds there: the only older children here (NIH, 7-17) are read wrongly
+# (68 % of normal ones called PNEUMONIA), and the gap from 6 to 7 is untested either way. Infants
+# under one are outside it too (neonatal films differ: thymus, proportions).
+SCOPE_AGE_YEARS = (1.0, 6.0)
+SCOPE_MODALITIES = ("CR", "DX")  # radiographs; SC and OT (a scan or capture of a film) are read
+# like a PNG or JPEG upload, which is what they are: the pixel checks decide (README, "Scope").
+SCOPE_CAPTURE_MODALITIES = ("SC", "OT")
+# BodyPartExamined values (upper case, split into words) that mean the chest, as vendors spell it.
+SCOPE_CHEST_WORDS = ("CHEST", "THORAX", "THORACIC", "THX", "LUNG", "LUNGS", "TORAX", "TORACE",
+                     "BRUST", "BRUSTKORB", "PECHO", "POUMON", "POUMONS", "THORAX_PA", "CHEST_PA",
+                     "CHEST_AP", "PORTABLE_CHEST")
+# The pixel population check (pneumo.models.population): logistic regression on the classifier's
+# pooled features, "older than the training children" above its threshold.
+POPULATION_FILE = "population.npz"  # written by `python -m pneumo.population --refit`
+POPULATION_RECORD_FILE = "population.json"  # its fit, cross-validation figures and threshold rule
+POPULATION_MAX_CHILD_FLAG = 0.005  # share of held-out training-population views allowed a flag
+NO_LUNGS_OUT_OF_SCOPE = True  # an image with no plausible lung fields gets no reading

@@ -31,7 +31,8 @@ from pneumo.io.images import SUPPORTED_EXTENSIONS
 from pneumo.reading import reader
 from pneumo.reading.reader import RESULT_COLUMNS, Reading, result_row
 
-COLUMNS = RESULT_COLUMNS[:9] + ("cam_file",) + RESULT_COLUMNS[9:]
+_CAM_AFTER = RESULT_COLUMNS.index("notes") + 1  # the heat-map file follows the notes
+COLUMNS = RESULT_COLUMNS[:_CAM_AFTER] + ("cam_file",) + RESULT_COLUMNS[_CAM_AFTER:]
 NOT_READ = reader.NOT_READ
 CAM_SUFFIX = ".gradcam.png"
 
@@ -70,7 +71,8 @@ def write_overlay(path: Path, reading: Reading, method: str) -> None:
 
 
 CSV_FORMATS = {"probability_pneumonia": "{:.6f}", "threshold": "{:g}",
-               "gradcam_in_lungs": "{:.4f}", "bundled_probability": "{:.6f}"}
+               "gradcam_in_lungs": "{:.4f}", "bundled_probability": "{:.6f}",
+               "older_score": "{:.4f}"}
 
 
 def csv_row(reading: Reading, threshold: float, cam_file: str = "",
@@ -82,20 +84,22 @@ def csv_row(reading: Reading, threshold: float, cam_file: str = "",
 
 
 def summary(rows: list[dict[str, str]], threshold: float, out: Path) -> str:
-    """One line: files read, decisions, errors, OOD and lung-field flags, where the CSV is."""
+    """One line: files read, decisions by trust state, errors, flags, where the CSV is."""
     read = [r for r in rows if not r["error"]]
-    positive = sum(r["decision"] == config.CLASS_NAMES[1] for r in read)
-    flagged = sum(bool(r["ood_warning"]) for r in read)
+    count = {word: sum(r["decision"] == word for r in read)
+             for word in (*config.CLASS_NAMES, "DOUBTFUL", "OUT OF SCOPE")}
     no_lungs = sum(bool(r.get("lung_warning")) for r in read)
     lungs = f"; {no_lungs} without plausible lung fields" if no_lungs else ""
     found = sum(bool(r.get("quality")) for r in read)
     fixed = sum(bool(r.get("corrected")) for r in read)
     checks = (f"; {found} with image-quality findings" + (f" ({fixed} read corrected)" if fixed
                                                           else "")) if found else ""
-    return (f"Read {len(read)} of {len(rows)} files: {positive} {config.CLASS_NAMES[1]}, "
-            f"{len(read) - positive} {config.CLASS_NAMES[0]} at threshold {threshold:g}; "
-            f"{len(rows) - len(read)} unreadable; {flagged} not like a chest X-ray{lungs}{checks}"
-            f" -> {out}")
+    flagged = sum(bool(r["ood_warning"]) for r in read)
+    return (f"Read {len(read)} of {len(rows)} files: {count[config.CLASS_NAMES[1]]} "
+            f"{config.CLASS_NAMES[1]}, {count[config.CLASS_NAMES[0]]} {config.CLASS_NAMES[0]} at "
+            f"threshold {threshold:g}, {count['DOUBTFUL']} doubtful, {count['OUT OF SCOPE']} out "
+            f"of scope ({flagged} not like a chest X-ray); {len(rows) - len(read)} unreadable"
+            f"{lungs}{checks} -> {out}")
 
 
 def load_segmenter():

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from pneumo import config
+from pneumo.io.header import HeaderFacts
 
 TRY_AGAIN = "Export it again from the source and re-upload it."
 
@@ -27,12 +28,14 @@ class DecodedImage:
     of the work, and :func:`to_model_input` / :func:`as_rgb` repeat it after the resize) or
     (h, w, 3) RGB uint8; ``rgb`` is always (h, w, 3). ``full_size`` is the (height, width) the
     image has without a ``max_side`` hint (:func:`decode_image`); the pixels may be smaller when
-    the hint let the JPEG decoder reduce.
+    the hint let the JPEG decoder reduce. ``header``: what a DICOM header says about age, view,
+    body part and modality (:mod:`pneumo.io.header`).
     """
 
     pixels: np.ndarray
     notes: list[str] = field(default_factory=list)
     full_size: tuple[int, int] | None = None
+    header: HeaderFacts | None = None  # a DICOM header's scope facts; None for other formats
 
     @property
     def rgb(self) -> np.ndarray:

@@ -5,7 +5,9 @@ Grey-level pipeline (PS3.4 N.2): stored values -> Modality LUT (LUT or rescale s
 stretch) -> 0..255, inverted for MONOCHROME1. Enhanced multi-frame files carry these values in
 their functional groups; frame 1's are used.
 
-Privacy: only the image-pixel and LUT attributes listed in ``_PIXEL_TAGS`` are read from the
+Privacy: only the image-pixel and LUT attributes listed in ``_PIXEL_TAGS``, and the scope facts
+of :data:`pneumo.io.header.HEADER_TAGS` (age or birth and study dates, view, laterality, body part,
+modality; reduced at once to :class:`~pneumo.io.header.HeaderFacts`), are read from the
 file (``dcmread(specific_tags=...)``), so patient, study and device fields are never parsed,
 returned, logged or quoted in a message. pydicom's value-validation warnings, which quote
 values, are silenced while decoding, and its reading validation is set to IGNORE (a process-wide
@@ -47,6 +49,7 @@ from pneumo.io.base import (
     scale_to_uint8,
     stretch,
 )
+from pneumo.io.header import HEADER_TAGS, header_facts
 
 # The only attributes read from a file (SpecificCharacterSet is added by pydicom; the file meta
 # group is always read, and none of it is used beyond the transfer syntax and SOP class).
@@ -75,6 +78,10 @@ _DAMAGED = "The DICOM file is damaged and could not be read. Export it again and
 _NO_PIXELS = (
     "This DICOM file holds no image (no pixel data): it may be a report, a structured document "
     "or a directory. Export the radiograph itself."
+)
+_MISSING_PIXELS = (
+    "This DICOM file describes an image but holds no pixel data, so there is nothing to read. "
+    "Export the radiograph again with its image and re-upload it."
 )
 _BAD_PIXELS = (
     "The DICOM image data is damaged or incomplete and could not be decoded. "
@@ -106,7 +113,7 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
     notes: list[str] = []
     _refuse_deflate_bomb(data, 0 if bare else 132)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=bare, specific_tags=_PIXEL_TAGS)
+        ds = pydicom.dcmread(io.BytesIO(data), force=bare, specific_tags=_PIXEL_TAGS + HEADER_TAGS)
         has_pixels = any(name in ds for name in _PIXEL_DATA)
     except MemoryError:
         raise
@@ -120,10 +127,14 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
         sop_classes = [uid for uid in (ds.get("SOPClassUID"),
                                        ds.file_meta.get("MediaStorageSOPClassUID")) if uid]
         if "Rows" in ds or "Columns" in ds or any("Image Storage" in _uid_name(u) for u in sop_classes):
-            raise ImageError(_BAD_PIXELS)  # an image whose pixel data is cut off or unreadable
+            raise ImageError(_MISSING_PIXELS)  # an image object without its pixel data element
         if not sop_classes:  # nothing says what this file is
             raise ImageError(_DAMAGED)
         raise ImageError(_NO_PIXELS)
+    facts = header_facts(ds)
+    for name in HEADER_TAGS:  # the facts are kept; the values themselves are not
+        if name in ds:
+            del ds[name]
     if bare:
         notes.append("Non-standard DICOM file (no preamble or 'DICM' header); it was read anyway.")
 
@@ -166,7 +177,7 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
         del pixels
         if photometric == "MONOCHROME1":
             gray = 255 - gray  # MONOCHROME1: the minimum value is shown white
-        return DecodedImage(gray, notes)
+        return DecodedImage(gray, notes, header=facts)
     if pixels.ndim == 2 and photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
@@ -176,9 +187,9 @@ def _decode(data: bytes, bare: bool) -> DecodedImage:
             except Exception as err:
                 raise ImageError(_BAD_PIXELS) from err
 
-        return DecodedImage(_rgb_uint8(pixels, factor, colours), notes)
+        return DecodedImage(_rgb_uint8(pixels, factor, colours), notes, header=facts)
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB; pydicom has converted YBR to RGB
-        return DecodedImage(_rgb_uint8(pixels, factor), notes)
+        return DecodedImage(_rgb_uint8(pixels, factor), notes, header=facts)
     raise ImageError(
         "This DICOM image uses a pixel layout or colour encoding pneumo does not support. "
         "Export it as a greyscale (MONOCHROME2) DICOM, a PNG or a JPEG and re-upload it."

@@ -91,7 +91,7 @@ def _checked(decoded: DecodedImage) -> DecodedImage:
         lo, hi = cv2.minMaxLoc(pixels.reshape(pixels.shape[0], -1))[:2]
         if lo == hi:
             notes.append("The image is blank (every pixel has the same value); check the export.")
-    return DecodedImage(pixels, notes, full_size)
+    return DecodedImage(pixels, notes, full_size, decoded.header)
 
 
 def to_model_input(rgb: np.ndarray) -> np.ndarray:

@@ -41,8 +41,8 @@ AUGMENTED_COPIES = 2
 TRAIN_SEED, VAL_SEED = 0, 1
 TEXTURE_QUANTILES = (0.001, 0.999)  # of training radiographs' Laplacian variance
 TEXTURE_MARGIN = 2.0  # the texture range is widened by this factor on both sides
-WARNING = ("This does not look like a chest X-ray. pneumo was trained on pediatric chest "
-           "radiographs only; the probability below is unreliable.")
+WARNING = ("This does not look like a chest X-ray. pneumo reads pediatric chest radiographs "
+           "only, so it gives no reading.")
 
 
 def texture(rgb: np.ndarray) -> float:

@@ -26,10 +26,13 @@ from pneumo import config
 from pneumo.evaluation.metrics import flagged
 from pneumo.io.base import ImageError, as_rgb
 from pneumo.io.images import decode_image, to_model_input
+from pneumo.reading import trust as trust_states
 
 if TYPE_CHECKING:
+    from pneumo.io.header import HeaderFacts
     from pneumo.models.lungs import LungFields
     from pneumo.models.quality import QualityReport
+    from pneumo.reading.scope import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,14 @@ class Reading:
     quality: QualityReport | None = None  # None: no quality checker, or it failed on this batch
     corrected_from: tuple[str, ...] = ()  # quality codes pneumo undid before reading this copy
     bundled_probability: float | None = None  # the model's own, when probability is site-calibrated
+    header: HeaderFacts | None = None  # a DICOM header's age, view, body part, modality
+    scope: Verdict | None = None  # why the header or the population check puts it out of scope
+    older_score: float | None = None  # the pixel population check's "older" probability
+
+    @property
+    def trust(self) -> trust_states.Trust:
+        """The one trust state of this reading (:func:`pneumo.reading.trust.assess`)."""
+        return trust_states.assess(self)
 
     @property
     def ok(self) -> bool:
@@ -70,17 +81,17 @@ class Reading:
 
     @property
     def unreliable(self) -> bool:
-        """True when the result should be greyed out: not like a chest X-ray, or the image as
-        uploaded looks turned, flipped or inverted."""
-        return self.ood_warning is not None or (
-            self.quality is not None and self.quality.correctable)
+        """True when the result should be greyed out: any state but trusted (doubtful or out of
+        scope, :mod:`pneumo.reading.trust`)."""
+        return self.ok and not self.trust.trusted
 
     @property
     def warnings(self) -> list[str]:
         """What a person should be told about this reading, most serious first."""
         if self.error:
             return [self.error]
-        return ([self.ood_warning] if self.ood_warning else []) + self.quality_messages + (
+        scope = [self.scope.reason] if self.scope is not None else []
+        return ([self.ood_warning] if self.ood_warning else []) + scope + self.quality_messages + (
             [self.lung_warning] if self.lung_warning else []) + list(self.notes)
 
 
@@ -113,6 +124,7 @@ def decode_file(name: str, data: bytes, digest: str | None = None) -> Reading:
         reading.display = as_rgb(display_copy(decoded.pixels))
         reading.model_input = to_model_input(decoded.pixels)
         reading.notes = list(decoded.notes)
+        reading.header = decoded.header
     except ImageError as err:
         reading.error = str(err)
     except MemoryError:
@@ -220,6 +232,7 @@ def read_batch(
     segmenter=None,
     quality_checker=None,
     digests: list[str] | None = None,
+    scope_check: Callable[[Reading], Verdict | None] | None = None,
 ) -> list[Reading]:
     """Decode every file, then run probability + CAMs (and lung fields, given a segmenter:
     ``segmenter.fields(images)`` -> one ``LungFields`` per image; and the quality report, given
@@ -239,9 +252,7 @@ def read_batch(
         if quality_checker is not None:
             for reading, report in zip(chunk, _quality_reports(quality_checker, chunk, images)):
                 reading.quality = report
-    if ood_check is not None:
-        for reading in good:
-            reading.ood_warning = ood_check(reading)
+    _run_checks(good, ood_check, scope_check)
     if progress:
         progress(1.0, f"Read {len(good)} of {len(readings)} files")
     return readings
@@ -277,6 +288,7 @@ def read_corrected(
     ood_check: Callable[[Reading], str | None] | None = None,
     segmenter=None,
     batch_size: int = 16,
+    scope_check: Callable[[Reading], Verdict | None] | None = None,
 ) -> list[Reading]:
     """Read the corrected copy of each reading whose quality report offers one (in one batched
     pass); readings without one are left out. Each result is a new Reading of the same file
@@ -298,19 +310,39 @@ def read_corrected(
             quality=QualityReport(findings=kept, low_resolution=r.quality.low_resolution,
                                   original_size=r.quality.original_size),
             corrected_from=codes,
+            header=r.header,
         ))
     for start in range(0, len(out), batch_size):
         _explain_chunk(out[start:start + batch_size], explainer, segmenter)
-    if ood_check is not None:
-        for reading in out:
-            reading.ood_warning = ood_check(reading)
+    _run_checks(out, ood_check, scope_check)
     return out
 
 
+def _run_checks(readings: list[Reading], ood_check=None, scope_check=None) -> None:
+    """The "not a chest X-ray" check, then the scope check, on each read image."""
+    for reading in readings:
+        if ood_check is not None:
+            reading.ood_warning = ood_check(reading)
+        if scope_check is not None:
+            reading.scope = scope_check(reading)
+
+
 NOT_READ = "NOT READ"
-RESULT_COLUMNS = ("file", "probability_pneumonia", "decision", "threshold", "gradcam_in_lungs",
-                  "ood_warning", "lung_warning", "error", "notes", "quality", "corrected",
-                  "calibration", "bundled_probability")
+# The decision column (the CLI's CSV, the app's worklist): a class name only for a trusted reading.
+DECISION_WORDS = {trust_states.DOUBTFUL: "DOUBTFUL", trust_states.OUT_OF_SCOPE: "OUT OF SCOPE",
+                  trust_states.NOT_READ: NOT_READ}
+RESULT_COLUMNS = ("file", "probability_pneumonia", "decision", "trust", "reason", "reason_code",
+                  "threshold", "gradcam_in_lungs", "ood_warning", "lung_warning", "error", "notes",
+                  "quality", "corrected", "calibration", "bundled_probability", "older_score")
+
+
+def decision_of(reading: Reading, threshold: float) -> str:
+    """PNEUMONIA or NORMAL for a trusted reading; DOUBTFUL, OUT OF SCOPE or NOT READ otherwise
+    (:data:`DECISION_WORDS`). The one rule for what a decision column says."""
+    state = reading.trust.state
+    if state == trust_states.TRUSTED:
+        return decide(reading.probability, threshold)
+    return DECISION_WORDS[state]
 
 
 def quality_codes(reading: Reading) -> list[str]:
@@ -328,10 +360,14 @@ def result_row(reading: Reading, threshold: float, calibration: str = "") -> dic
     """
     from pneumo.models.explain import METHODS
 
+    verdict = reading.trust
     return {
         "file": reading.name,
         "probability_pneumonia": reading.probability,
-        "decision": decide(reading.probability, threshold) if reading.ok else NOT_READ,
+        "decision": decision_of(reading, threshold),
+        "trust": verdict.state,
+        "reason": verdict.reason,
+        "reason_code": verdict.code,
         "threshold": threshold,
         "gradcam_in_lungs": reading.lung_share.get(METHODS[0]),
         "ood_warning": reading.ood_warning or "",
@@ -342,6 +378,7 @@ def result_row(reading: Reading, threshold: float, calibration: str = "") -> dic
         "corrected": "; ".join(reading.corrected_from),
         "calibration": calibration if reading.bundled_probability is not None else "",
         "bundled_probability": reading.bundled_probability,
+        "older_score": reading.older_score,
     }
 
 
