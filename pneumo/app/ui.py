@@ -121,6 +121,25 @@ def ood_detector():
     return ood.load_detector()
 
 
+def scope_check():
+    """The scope check (DICOM header, then the pixel population check of
+    ``weights/population.npz`` when present), cached per version of that file."""
+    return _scope_check(_stamp(config.weights_path(config.POPULATION_FILE)))
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _scope_check(stamp):
+    from pneumo.models.population import load_population
+    from pneumo.reading.scope import ScopeCheck
+
+    try:
+        population = load_population()
+    except Exception as err:  # a broken file leaves the header check; the reading goes on
+        logging.getLogger(__name__).warning("population check not used: %s", err)
+        population = None
+    return ScopeCheck(population)
+
+
 @st.cache_data(show_spinner=False)
 def predictions(split: str) -> artifacts.Predictions | None:
     """``weights/{split}_predictions.csv``, or None when missing."""
@@ -176,7 +195,8 @@ def read_uploads(uploads, segmenter=None, quality_checker=None,
             results = reader.read_batch(
                 list(new.values()), explainer(), ood_check=ood_detector(),
                 progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
-                segmenter=segmenter, quality_checker=quality_checker, digests=list(new))
+                segmenter=segmenter, quality_checker=quality_checker, digests=list(new),
+                scope_check=scope_check())
             for reading in results:
                 cache[reading.digest] = reading
             if on_read is not None:
@@ -202,7 +222,7 @@ def corrected_reading(reading: Reading) -> Reading | None:
 def read_corrected(reading: Reading, segmenter=None) -> bool:
     """Read the corrected copy of ``reading`` and keep it; False when there is none."""
     found = reader.read_corrected([reading], explainer(), ood_check=ood_detector(),
-                                  segmenter=segmenter)
+                                  segmenter=segmenter, scope_check=scope_check())
     if found:
         st.session_state.setdefault(CORRECTED_KEY, {})[reading.digest] = found[0]
     return bool(found)

@@ -117,6 +117,19 @@ def load_segmenter():
     return None
 
 
+def load_scope_check():
+    """The scope check: the DICOM header always; the pixel population check when
+    ``weights/population.npz`` exists (else a note on stderr)."""
+    from pneumo.models.population import load_population
+    from pneumo.reading.scope import ScopeCheck
+
+    population = load_population()
+    if population is None:
+        print(f"note: no {config.POPULATION_FILE} beside the model; only DICOM headers are "
+              "checked for the patient's age.", file=sys.stderr)
+    return ScopeCheck(population)
+
+
 def load_quality_checker():
     """The image-quality checker; without its network (or with a broken one) it checks only
     the resolution, and says why on stderr."""
@@ -213,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
     segmenter = load_segmenter()
     checker = load_quality_checker()
+    scope_check = load_scope_check()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
@@ -232,12 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             readings = {r.name: r for r in read_batch(files, explainer, ood_check=detector,
                                                       batch_size=args.batch_size,
                                                       segmenter=segmenter,
-                                                      quality_checker=checker)}
+                                                      quality_checker=checker,
+                                                      scope_check=scope_check)}
             del files
             if args.auto_correct:
                 readings.update((r.name, r) for r in read_corrected(
                     readings.values(), explainer, ood_check=detector, segmenter=segmenter,
-                    batch_size=args.batch_size))
+                    batch_size=args.batch_size, scope_check=scope_check))
             readings.update(failed)
             for name in names:
                 reading = site.calibrate_reading(readings[name], calibration)
