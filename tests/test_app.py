@@ -11,6 +11,7 @@ from conftest import explorer_caption_counts as _caption_counts
 
 from pneumo import config
 from pneumo.evaluation import metrics as m
+from pneumo.reading import wording
 
 pytestmark = pytest.mark.usefixtures("bundled_model_dir")
 
@@ -60,13 +61,18 @@ def _assert_shows(text: str, probability: float) -> None:
     assert lo - 1e-3 <= probability <= hi + 1e-3, (text, probability)
 
 
+BADGE = re.compile(r"background:(#[0-9a-f]{6})[^>]*>((PNEUMONIA|NORMAL)[^<]*)</span>")
+
+
+def _badges(at) -> list[tuple[str, str]]:
+    """(colour, text) of each decision badge on the page, in order."""
+    return [(hit.group(1), hit.group(2)) for md in at.markdown
+            if (hit := BADGE.search(md.value))]
+
+
 def _decisions(at) -> list[str]:
-    found = []
-    for md in at.markdown:
-        hit = re.search(r">(PNEUMONIA|NORMAL)</span>", md.value)
-        if hit:
-            found.append(hit.group(1))
-    return found
+    """The side of the threshold each card's badge states (qualified or not)."""
+    return [text.split()[0] for _, text in _badges(at)]
 
 
 def test_upload_shows_probability_overlay_and_errors():
@@ -90,7 +96,8 @@ def test_upload_shows_probability_overlay_and_errors():
     assert any("empty.png" in e.value and "empty" in e.value.lower() for e in at.error)
     assert len(at.dataframe) == 1  # the worklist
     table = at.dataframe[0].value
-    assert list(table["probability"][:2]) == shown  # the worklist says it the same way
+    assert table["probability"].dtype.kind == "f"  # a number: a header click sorts numbers
+    assert [wording.probability_text(p) for p in table["probability"][:2]] == shown
 
 
 def test_one_inference_queue_per_server_loaded_as_it_starts():
@@ -407,8 +414,7 @@ def _quality_model():
 
 
 def _badge_colours(at) -> list[str]:
-    return [re.search(r"background:(#[0-9a-f]{6})", md.value).group(1)
-            for md in at.markdown if re.search(r">(PNEUMONIA|NORMAL)</span>", md.value)]
+    return [colour for colour, _ in _badges(at)]
 
 
 @pytest.mark.parametrize("code, label", [("rot90", "Read it turned the right way"),

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pneumo.cli import predict
 from pneumo.evaluation.artifacts import round_threshold
+from pneumo.reading import reader
 
 GOOD = ("a.png", "b.jpg", "scans/c.png", "scans/deeper/d.JPEG")
 BAD = "scans/broken.png"
@@ -57,7 +58,10 @@ def test_csv_has_a_row_per_image_and_errors_only_for_the_bad_file(cli_run):
         assert row["error"] == ""
         p = float(row["probability_pneumonia"])
         assert 0.0 <= p <= 1.0
-        assert row["decision"] == ("PNEUMONIA" if p >= 0.5 else "NORMAL")
+        if row["trust"] == "trusted":
+            assert row["decision"] == ("PNEUMONIA" if p >= 0.5 else "NORMAL")
+        else:  # issue #20: a class name only for a trusted reading; the reason says why not
+            assert row["decision"] == reader.DECISION_WORDS[row["trust"]] and row["reason"]
         assert float(row["threshold"]) == 0.5
 
 
@@ -228,10 +232,12 @@ def test_csv_keeps_its_columns_and_adds_quality_and_corrected(quality_runs):
     _, out = quality_runs
     rows, _ = out["as found"]
     assert list(rows[0]) == list(predict.COLUMNS)
-    assert predict.COLUMNS[:10] == ("file", "probability_pneumonia", "decision", "threshold",
-                                    "gradcam_in_lungs", "ood_warning", "lung_warning", "error",
-                                    "notes", "cam_file")
-    assert predict.COLUMNS[10:] == ("quality", "corrected", "calibration", "bundled_probability")
+    # issue #20 added trust, reason and reason_code after the decision, older_score at the end
+    assert predict.COLUMNS[:13] == ("file", "probability_pneumonia", "decision", "trust", "reason",
+                                    "reason_code", "threshold", "gradcam_in_lungs", "ood_warning",
+                                    "lung_warning", "error", "notes", "cam_file")
+    assert predict.COLUMNS[13:] == ("quality", "corrected", "calibration", "bundled_probability",
+                                    "older_score")
 
 
 def test_quality_column_and_auto_correct(quality_runs):

@@ -96,15 +96,20 @@ def test_checker_runs_per_batch_with_original_sizes_and_reports_land_on_readings
     assert bad.quality is None and bad.warnings == [bad.error]
 
 
-def test_quality_messages_come_after_the_ood_warning_and_before_lung_and_notes():
-    r = reader.Reading(name="x", digest="d", probability=0.5, ood_warning="OOD",
-                       lung_warning="LUNG", notes=["NOTE"],
-                       quality=quality.report_for([quality.INVERTED], np.zeros((4, 4, 3), np.uint8),
-                                                  (100, 100)))
-    assert r.warnings == ["OOD", quality.MESSAGES[quality.INVERTED],
-                          quality.low_resolution_message(100, 100), "LUNG", "NOTE"]
-    assert r.unreliable
-    assert reader.worklist_rows([r], 0.5)[0]["warning"] == "; ".join(r.warnings)
+def test_quality_messages_come_before_lung_and_notes_and_an_ood_warning_says_only_why():
+    report = quality.report_for([quality.INVERTED], np.zeros((4, 4, 3), np.uint8), (100, 100))
+    r = reader.Reading(name="x", digest="d", probability=0.5, lung_warning="LUNG", notes=["NOTE"],
+                       quality=report)
+    if config.NO_LUNGS_OUT_OF_SCOPE:  # no lung fields: out of scope, whatever else was found
+        assert r.warnings == ["LUNG", quality.low_resolution_message(100, 100), "NOTE"]
+    doubtful = reader.Reading(name="x", digest="d", probability=0.5, notes=["NOTE"], quality=report)
+    assert doubtful.warnings == [quality.MESSAGES[quality.INVERTED],
+                                 quality.low_resolution_message(100, 100), "NOTE"]
+    # issue #20: what is not a chest X-ray is told so, not that its grey scale looks inverted
+    ood_reading = reader.Reading(name="x", digest="d", probability=0.5, ood_warning="OOD",
+                                 lung_warning="LUNG", notes=["NOTE"], quality=report)
+    assert ood_reading.warnings == ["OOD", quality.low_resolution_message(100, 100), "NOTE"]
+    assert r.unreliable and doubtful.unreliable and ood_reading.unreliable
     plain = reader.Reading(name="y", digest="e", probability=0.5)
     assert plain.warnings == [] and not plain.unreliable
     assert reader.Reading(name="z", digest="f", probability=0.5, ood_warning="OOD").unreliable

@@ -29,21 +29,74 @@ def test_probability_text_never_says_0_or_100_percent():
 
 @pytest.mark.parametrize("p, min_count, line", [
     # [0.1, 0.2): 0.12, 0.15, 0.18 -> one pneumonia
-    (0.15, 1, "Of the 3 test images scored between 10 % and 20 %, 1 had pneumonia."),
+    (0.15, 1, "On the official test set, films scored like this one (between 10 % and 20 %) had "
+              "pneumonia in 1 of 3 cases."),
     # [0.6, 0.7) holds 1 -> [0.5, 0.8) 2 -> [0.4, 0.9) 2 -> [0.3, 0.99): 0.55, 0.62, 0.93
-    (0.65, 3, "Of the 3 test images scored between 30 % and 99 %, 2 had pneumonia."),
+    (0.65, 3, "On the official test set, films scored like this one (between 30 % and 99 %) had "
+              "pneumonia in 2 of 3 cases."),
     # top bin includes 1.0: 0.995, 0.999, 1.0
-    (0.997, 1, "Of the 3 test images scored 99 % or higher, 3 had pneumonia."),
-    (1.0, 1, "Of the 3 test images scored 99 % or higher, 3 had pneumonia."),
-    (0.003, 1, "Of the 1 test image scored below 1 %, 0 had pneumonia."),
+    (0.997, 1, "On the official test set, films scored like this one (99 % or higher) had "
+               "pneumonia in 3 of 3 cases."),
+    (1.0, 1, "On the official test set, films scored like this one (99 % or higher) had "
+             "pneumonia in 3 of 3 cases."),
+    (0.003, 1, "On the official test set, films scored like this one (below 1 %) had pneumonia "
+               "in 0 of 1 case."),
     # [0, 0.01) holds 1 -> [0, 0.1): 0.004, 0.02, 0.05
-    (0.003, 2, "Of the 3 test images scored below 10 %, 0 had pneumonia."),
+    (0.003, 2, "On the official test set, films scored like this one (below 10 %) had pneumonia "
+               "in 0 of 3 cases."),
     # 0.2 starts [0.2, 0.3), which is empty -> [0.1, 0.4)
-    (0.2, 1, "Of the 3 test images scored between 10 % and 40 %, 1 had pneumonia."),
-    (0.5, 100, "Of the 12 test images scored at any probability, 6 had pneumonia."),
+    (0.2, 1, "On the official test set, films scored like this one (between 10 % and 40 %) had "
+             "pneumonia in 1 of 3 cases."),
+    (0.5, 100, "On the official test set, films scored like this one (at any probability) had "
+               "pneumonia in 6 of 12 cases."),
 ])
 def test_evidence_line(p, min_count, line):
     assert wording.evidence_line(p, SCORES, LABELS, min_count=min_count) == line
+
+
+def test_evidence_line_names_a_site_sample():
+    line = wording.evidence_line(0.15, SCORES, LABELS, min_count=1, source="site-sample")
+    assert line.startswith("In this site's calibration sample, films scored like this one")
+
+
+# the issue's case: 66 of 83 (80 %) beside a probability of 95 %: 15.5 points apart
+GAP_SCORES = np.array([0.93] * 83)
+GAP_LABELS = np.array([1] * 66 + [0] * 17)
+
+
+@pytest.mark.parametrize("p, sentence", [
+    (0.95, "On the test films in this range the model's estimate runs high: fewer of them had "
+           "pneumonia (80 %) than this probability says."),
+    (0.9452, ""),  # 14.99 points: within the rule
+    (0.9453, "high"),  # 15.01 points
+    (0.64, "low"),  # 15.5 points under the share
+    (0.70, ""),
+])
+def test_evidence_gap_over_15_points(p, sentence):
+    got = wording.evidence_gap(p, GAP_SCORES, GAP_LABELS, min_count=20)
+    if sentence in ("high", "low"):
+        assert f"runs {sentence}:" in got
+        assert ("fewer" if sentence == "high" else "more") in got
+    else:
+        assert got == sentence
+
+
+def test_evidence_gap_uses_the_evidence_lines_bin():
+    # SCORES' [0.3, 0.99) bin holds 2 pneumonias of 3 (67 %): 0.65 is within 15 points
+    assert wording.evidence_gap(0.65, SCORES, LABELS, min_count=3) == ""
+    # [0.1, 0.2): 1 of 3 (33 %): 0.15 is 18 points under it
+    assert "runs low" in wording.evidence_gap(0.15, SCORES, LABELS, min_count=1)
+    assert wording.evidence_gap(0.4, np.array([]), np.array([])) == ""
+
+
+@pytest.mark.parametrize("args, text", [
+    ((3, 0), "Read 3 images"), ((1, 0), "Read 1 image"), ((1, 0, 2), "Read 1 new image; 2 in all"),
+    ((22, 11, 22), "Read 11 of 22 files; 11 could not be read"),
+    ((2, 1, 5), "Read 1 of 2 new files; 1 could not be read; 5 in all"),
+    ((1, 1, 1), "Could not read 1 file"),
+])
+def test_files_read_text_counts(args, text):
+    assert wording.files_read_text(*args) == text
 
 
 def test_evidence_bin_holds_the_probability_and_enough_images():

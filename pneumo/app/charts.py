@@ -188,3 +188,14 @@ def class_balance(splits: dict[str, dict[str, int]]) -> go.Figure:
                     textposition="outside", cliponaxis=False)
     fig.update_layout(barmode="group")
     return _layout(fig, "Images per class and split", "Split", "Images")
+
+
+def predictive_values(sensitivity: float, specificity: float,
+                      prevalence: float) -> tuple[float, float]:
+    """(PPV, NPV) at ``prevalence`` (0..1) from a threshold's sensitivity and specificity, by
+    Bayes' rule; NaN where a value is undefined (nothing flagged, or nothing cleared)."""
+    tp, fn = sensitivity * prevalence, (1 - sensitivity) * prevalence
+    tn, fp = specificity * (1 - prevalence), (1 - specificity) * (1 - prevalence)
+    ppv = tp / (tp + fp) if tp + fp > 0 else float("nan")
+    npv = tn / (tn + fn) if tn + fn > 0 else float("nan")
+    return ppv, npv

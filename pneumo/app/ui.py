@@ -9,6 +9,7 @@ import csv
 import html
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -18,12 +19,51 @@ import streamlit as st
 from pneumo import config
 from pneumo.evaluation import artifacts
 from pneumo.reading import reader, site, wording
+from pneumo.reading import trust as trust_states
 from pneumo.reading.reader import Reading, decide
 
 THRESHOLD_KEY = "threshold"
 _SLIDER_KEY = "threshold_slider"
 _SITE_KEY = "threshold_site"  # the site calibration the threshold was set under (None: bundled)
 DECISION_COLOURS = config.CLASS_COLOURS
+
+
+PAGES = (  # (script, title, icon); the first is the home page
+    ("pages/read_xrays.py", "Read X-rays", ":material/radiology:"),
+    ("pages/threshold_explorer.py", "Threshold explorer", ":material/tune:"),
+    ("pages/model_card.py", "Model card", ":material/description:"),
+)
+_APP = threading.local()  # .running: the entry script is running a page in this thread
+
+
+def run_app() -> None:
+    """The entry script: page setup, model warm-up, the shared sidebar (threshold, intended use),
+    the navigation, then the page asked for."""
+    st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
+    explainer()  # once per server: starts loading and warming the model in the background
+    pages = [st.Page(script, title=title, icon=icon, default=i == 0)
+             for i, (script, title, icon) in enumerate(PAGES)]
+    threshold_slider()
+    intended_use_notice()
+    page = st.navigation(pages)
+    note_page(page.url_path)
+    _APP.running = True
+    try:
+        page.run()
+    finally:
+        _APP.running = False
+
+
+def page_setup() -> None:
+    """First line of every page. Streamlit lists a ``pages/`` folder by itself until a run has
+    called ``st.navigation``; on a fresh server, an address such as ``/threshold_explorer``
+    opened before the home page runs that page alone (its automatic page list, no sidebar, no
+    intended-use note). Then this runs the whole app instead (the same navigation, sidebar and
+    notes, and the page asked for) and stops the lone run."""
+    if getattr(_APP, "running", False):
+        return
+    run_app()
+    st.stop()
 
 
 def explainer():
@@ -172,25 +212,63 @@ def history() -> dict[str, list] | None:
 
 # --- uploads: each file hashed and read once per session ---
 
-READINGS_KEY = "readings"  # digest -> Reading, for the files currently uploaded
+READINGS_KEY = "readings"  # digest -> Reading, for the files this session shows
 CORRECTED_KEY = "corrected_readings"  # digest -> Reading of the copy pneumo turned / inverted
+SHOWN_KEY = "shown_files"  # [(name, digest)]: the readings this session shows, in upload order
+IN_BOX_KEY = "files_in_box"  # [(name, digest)]: what the upload box held on its last run
+_PAGE_KEY, _LAST_PAGE_KEY = "page_now", "page_before"
+
+
+def note_page(name: str) -> None:
+    """Called by the entry script on every run with the page about to run."""
+    st.session_state[_LAST_PAGE_KEY] = st.session_state.get(_PAGE_KEY)
+    st.session_state[_PAGE_KEY] = name
+
+
+def arrived_from_another_page() -> bool:
+    """True on the first run of a page after another one (or the session's first run): its
+    widgets, the upload box included, start empty."""
+    return st.session_state.get(_LAST_PAGE_KEY) != st.session_state.get(_PAGE_KEY)
+
+
+def upload_label() -> str:
+    """The upload box's label: the file types it takes and the size limit."""
+    from pneumo.io.images import SUPPORTED_EXTENSIONS
+
+    names = {"jpg": "JPEG", "tif": "TIFF", "webp": "WebP", "dcm": "DICOM"}
+    kinds = dict.fromkeys(names.get(e.lstrip("."), e.lstrip(".").upper())
+                          for e in SUPPORTED_EXTENSIONS)
+    ordered = ["DICOM", *(k for k in kinds if k != "DICOM")] if "DICOM" in kinds else list(kinds)
+    return f"Chest X-rays: {', '.join(ordered)}; up to {config.MAX_UPLOAD_MB} MB per file"
 
 
 def read_uploads(uploads, segmenter=None, quality_checker=None,
-                 on_read: Callable[[int], None] | None = None) -> list[Reading]:
-    """One reading per uploaded file, in upload order, site-calibrated when a site file is in use.
+                 on_read: Callable[[int], None] | None = None,
+                 box_is_new: bool = False) -> list[Reading]:
+    """One reading per file this session shows, in upload order, site-calibrated when a site file
+    is in use.
 
-    Each file is hashed once per run and read once per session (the same bytes under two names
-    are read once and shown twice); the readings of files no longer uploaded, and of their
-    corrected copies, are forgotten. ``on_read(n)`` is called after ``n`` new files were read.
+    The readings live in the session, not in the upload box: a page change empties the box
+    (``box_is_new``: this is its first run since) but keeps them. A file removed from the box
+    while it is shown forgets its reading (and its corrected copy's); the rest go with the
+    session, or with :func:`forget_readings`. Each file is hashed once per run and read once per
+    session (the same bytes under two names are read once and shown twice).
+    ``on_read(n)`` is called after ``n`` new files were read.
     """
     cache: dict = st.session_state.setdefault(READINGS_KEY, {})
     corrected: dict = st.session_state.setdefault(CORRECTED_KEY, {})
     files = [(u.name, u.getvalue()) for u in uploads or []]
     digests = [reader.digest_of(data) for _, data in files]
+    box = list(dict.fromkeys(zip((name for name, _ in files), digests)))
+    before = [] if box_is_new else st.session_state.get(IN_BOX_KEY, [])
+    shown = [item for item in st.session_state.get(SHOWN_KEY, []) if item in box
+             or item not in before]  # removed from the box: forgotten
+    shown += [item for item in box if item not in shown]
+    st.session_state[IN_BOX_KEY], st.session_state[SHOWN_KEY] = box, shown
     new = {d: f for f, d in zip(files, digests) if d not in cache}
     if new:
-        with st.status(f"Reading {len(new)} image(s)...", expanded=False) as status:
+        with st.status(f"Reading {wording.plural(len(new), 'new file')}...",
+                       expanded=False) as status:
             bar = st.progress(0.0)
             results = reader.read_batch(
                 list(new.values()), explainer(), ood_check=ood_detector(),
@@ -201,14 +279,33 @@ def read_uploads(uploads, segmenter=None, quality_checker=None,
                 cache[reading.digest] = reading
             if on_read is not None:
                 on_read(len(new))
-            status.update(label=f"Read {len(new)} image(s)", state="complete")
-    kept = set(digests)
+            unreadable = sum(1 for r in results if r.error)
+            status.update(label=wording.files_read_text(len(results), unreadable, len(box)),
+                          state="error" if unreadable == len(results) else "complete")
+    kept = {d for _, d in shown}
     for store in (cache, corrected):
         for digest in [d for d in store if d not in kept]:
             del store[digest]
     readings = [cache[d] if cache[d].name == name else replace(cache[d], name=name)
-                for (name, _), d in zip(files, digests)]
+                for name, d in shown]
     return [site_reading(r) for r in readings]
+
+
+def kept_outside_the_box() -> int:
+    """How many shown readings have no file in the upload box (it was emptied by a page change)."""
+    box = st.session_state.get(IN_BOX_KEY, [])
+    return sum(1 for item in st.session_state.get(SHOWN_KEY, []) if item not in box)
+
+
+def forget_readings() -> None:
+    """Forget every reading of this session (a button's callback); the box is left as it is."""
+    box = st.session_state.get(IN_BOX_KEY, [])
+    st.session_state[SHOWN_KEY] = list(box)
+    keep = {d for _, d in box}
+    for store_key in (READINGS_KEY, CORRECTED_KEY):
+        store = st.session_state.get(store_key, {})
+        for digest in [d for d in store if d not in keep]:
+            del store[digest]
 
 
 def corrected_reading(reading: Reading) -> Reading | None:
@@ -359,12 +456,18 @@ def thresholds() -> dict[str, float]:
     With a site calibration: the site's two first, then the training centre's two carried onto
     the site's probability scale (the same decisions as before calibrating).
     """
-    presets = {"0.5 (default)": config.DEFAULT_THRESHOLD}
     found = metrics()
     cal = active_site()
+    default = recommended_threshold()
+
+    def named(label: str, value: float) -> str:  # the slider starts at the default
+        return f"{label} ({value:.3f}, default)" if value == default else f"{label} ({value:.3f})"
+
+    presets = {"0.5" + (" (default)" if default == config.DEFAULT_THRESHOLD else ""):
+               config.DEFAULT_THRESHOLD}
     if cal is not None:
-        presets[f"Site recommended ({cal.recommended:.3f})"] = cal.recommended
-        presets[f"Site high sensitivity ({cal.high_sensitivity:.3f})"] = cal.high_sensitivity
+        presets[named("Site recommended", cal.recommended)] = cal.recommended
+        presets[named("Site high sensitivity", cal.high_sensitivity)] = cal.high_sensitivity
         if found:
             t = found.thresholds
             for bundled, label in ((t.recommended_shown, "Training centre recommended"),
@@ -374,8 +477,8 @@ def thresholds() -> dict[str, float]:
         return presets
     if found:
         t = found.thresholds
-        presets[f"Recommended ({t.recommended_shown:.3f})"] = t.recommended_shown
-        presets[f"High sensitivity ({t.high_sensitivity_shown:.3f})"] = t.high_sensitivity_shown
+        presets[named("Recommended", t.recommended_shown)] = t.recommended_shown
+        presets[named("High sensitivity", t.high_sensitivity_shown)] = t.high_sensitivity_shown
     return presets
 
 
@@ -436,17 +539,43 @@ def threshold_slider() -> float:
     return current_threshold()
 
 
-def evidence_line(probability: float) -> str:
-    """The test-set evidence for ``probability`` ("" without ``test_predictions.csv``); with a
-    site calibration, the site sample's (its probabilities are on the same scale)."""
+PREVALENCE_KEY = "prevalence"  # percent, kept across page changes like the threshold
+_PREVALENCE_INPUT = "prevalence_input"
+
+
+def _copy_prevalence() -> None:
+    st.session_state[PREVALENCE_KEY] = st.session_state[_PREVALENCE_INPUT]
+
+
+def prevalence_input(default: float) -> float:
+    """The explorer's prevalence (0..1), in percent on screen; ``default``: the evidence's own
+    share of pneumonia. Kept for the session like the threshold."""
+    st.session_state.setdefault(PREVALENCE_KEY, round(default * 100, 1))
+    st.session_state[_PREVALENCE_INPUT] = st.session_state[PREVALENCE_KEY]
+    value = st.number_input(
+        "Prevalence of pneumonia among the films you read (%)", min_value=0.1, max_value=99.9,
+        step=1.0, format="%.1f", key=_PREVALENCE_INPUT, on_change=_copy_prevalence,
+        help=f"Starts at the official test set's share ({default:.1%}); enter your "
+             "department's to see the predictive values you can expect.")
+    return float(value) / 100
+
+
+def evidence_lines(probability: float) -> list[str]:
+    """The test-set evidence for ``probability`` (none without ``test_predictions.csv``), then,
+    where the share observed there differs from the probability by more than 15 points, the
+    sentence saying the estimate runs high or low in that range; with a site calibration, the
+    site sample's (its probabilities are on the same scale)."""
     cal = active_site()
     if cal is not None:
-        labels, probs = cal.sample()
-        return wording.evidence_line(probability, probs, labels, source="site-sample")
-    test = predictions("test")
-    if test is None:
-        return ""
-    return wording.evidence_line(probability, test.probability, test.label)
+        labels, probs, source = *cal.sample(), "site-sample"
+    else:
+        test = predictions("test")
+        if test is None:
+            return []
+        labels, probs, source = test.label, test.probability, "test"
+    lines = [wording.evidence_line(probability, probs, labels, source=source),
+             wording.evidence_gap(probability, probs, labels, source=source)]
+    return [line for line in lines if line]
 
 
 EVIDENCE_TEST = "Official test set (624 images)"
@@ -521,19 +650,51 @@ def card_images(reading: Reading, method: str, opacity: float, threshold: float,
     return CardImages(original, blended, strength, caption)
 
 
-def lung_lines(reading: Reading, method: str) -> tuple[str | None, str | None]:
+def lung_lines(reading: Reading, method: str, threshold: float | None = None
+               ) -> tuple[str | None, str | None]:
     """("Heat map inside the lungs: NN %", the outside-lungs caution or None); (None, None)
-    when the share is not known (no segmenter, it failed, or the mask was implausible)."""
+    when the share is not known (no segmenter, it failed, or the mask was implausible) or the
+    reading is out of scope. The caution only at or above ``threshold``, where the map explains
+    a decision (below it a faint map on a clean film would only alarm)."""
     share = reading.lung_share.get(method)
-    if share is None:
+    if share is None or reading.trust.state == trust_states.OUT_OF_SCOPE:
         return None, None
-    return wording.lung_share_text(share), wording.lung_caution(share)
+    caution = wording.lung_caution(share)
+    if threshold is not None and reading.probability < threshold:
+        caution = None
+    return wording.lung_share_text(share), caution
+
+
+def empty_heat_map(reading: Reading, method: str) -> str | None:
+    """"Nothing in this film raised the score..." when the method's map is all zeros."""
+    cam = reading.cams.get(method)
+    if cam is None or float(np.max(cam, initial=0.0)) > 1e-6:
+        return None
+    return wording.EMPTY_HEAT_MAP.format(method=method)
+
+
+OUTSIDE_POPULATION = "outside the validated population"
+MUTED_COLOUR = "#8a8f98"
+
+
+def card_decision(reading: Reading, threshold: float) -> tuple[str, bool]:
+    """(what the card's badge says, greyed): the decision for a trusted reading; qualified and
+    greyed otherwise ("NORMAL as uploaded - doubtful", "PNEUMONIA - outside the validated
+    population"), so a doubtful or out-of-scope film never shows a bare NORMAL or PNEUMONIA."""
+    decision = decide(reading.probability, threshold)
+    state = reading.trust.state
+    if state == trust_states.TRUSTED:
+        return decision, False
+    if state == trust_states.DOUBTFUL:
+        return f"{decision} as uploaded \u2014 doubtful", True
+    return f"{decision} \u2014 {OUTSIDE_POPULATION}", True
 
 
 def decision_badge(decision: str, threshold: float, muted: bool = False) -> str:
-    colour = "#8a8f98" if muted else DECISION_COLOURS[decision]
+    colour = MUTED_COLOUR if muted else DECISION_COLOURS[decision]
     return (f'<span style="background:{colour};color:white;padding:0.25rem 0.7rem;'
-            f'border-radius:0.4rem;font-weight:700;letter-spacing:0.03em">{decision}</span>'
+            f'border-radius:0.4rem;font-weight:700;letter-spacing:0.03em">'
+            f'{html.escape(decision)}</span>'
             f'<span style="color:#555;margin-left:0.6rem">at threshold {threshold:.3f}</span>')
 
 
@@ -552,6 +713,99 @@ def distance_bar(probability: float, threshold: float, muted: bool = False) -> s
 </div>
 <div style="display:flex;justify-content:space-between;color:#555;font-size:0.8rem">
   <span>0 %</span><span>{html.escape(words)}</span><span>100 %</span></div>"""
+
+
+MUTED_CARD = "pneumo-muted"  # container key prefix of a greyed card (see card_styles)
+
+
+def card_key(reading: Reading, suffix: str = "") -> str:
+    """A key for one card's widgets and containers: letters, digits and dashes only."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", reading.name)[:40]
+    return f"{reading.digest[:16]}-{name}{suffix}"
+
+
+def card_anchor(reading: Reading) -> str:
+    """The in-page anchor of a reading's card (the worklist links to it)."""
+    return "card-" + card_key(reading).lower()
+
+
+def card_styles() -> None:
+    """Once per run of the Read page: greyed cards (images faded, the probability not in black)
+    and the heat-map colour bar held to its column."""
+    st.html(f"""<style>
+[class*="st-key-{MUTED_CARD}"] img {{ filter: grayscale(0.85); opacity: 0.55; }}
+[class*="st-key-{MUTED_CARD}"] [data-testid="stMetricValue"] {{ color: {MUTED_COLOUR}; }}
+[class*="st-key-colour-scale"] img {{ max-width: 100%; height: auto; }}
+</style>""")
+
+
+def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool = False):
+    """The worklist for ``st.dataframe``: (a pandas Styler, column config in display order).
+
+    ``rows``: :func:`pneumo.reading.reader.worklist_rows` of ``readings`` (flagged first). The
+    probability stays a number (a header click sorts by it) shown as :func:`probability_text`;
+    flagged rows are tinted; each row links to its card.
+    """
+    import pandas as pd
+
+    chosen = [row for row in rows if row["flagged"]] if flagged_only else rows
+    frame = pd.DataFrame([{
+        "file": row["file"], "probability": row["probability_pneumonia"],
+        "decision": row["decision"], "trust": row["trust_label"], "reason": row["reason"],
+        "card": f"#{card_anchor(readings[row['index']])}" if readings[row["index"]].ok else None,
+        "threshold": row["threshold"], "corrected": row["corrected"], "warning": row["warning"],
+    } for row in chosen], columns=["file", "probability", "decision", "trust", "reason", "card",
+                                   "threshold", "corrected", "warning"])
+    trusted = trust_states.LABELS[trust_states.TRUSTED]
+
+    def tint(row) -> list[str]:
+        style = "" if row["trust"] == trusted else f"background-color: #fff4e0; color: {MUTED_COLOUR}"
+        return [style] * len(row)
+
+    styler = frame.style.format({"probability": wording.probability_text,
+                                 "threshold": "{:.3f}"}, na_rep="").apply(tint, axis=1)
+    col = st.column_config
+    columns = {
+        "file": col.TextColumn("File", pinned=True),
+        "probability": col.NumberColumn(
+            "P(pneumonia)", help="Calibrated probability of pneumonia; sorts as a number."),
+        "decision": col.TextColumn(
+            "Decision", help="PNEUMONIA or NORMAL only for a trusted reading."),
+        "trust": col.TextColumn("Trust"),
+        "reason": col.TextColumn("Why flagged", width="large",
+                                 help="In full in the list under the table and on the card."),
+        "card": col.LinkColumn("Card", display_text="Open card"),
+        "threshold": col.NumberColumn("Threshold"),
+        "corrected": col.TextColumn("Corrected by pneumo"),
+        "warning": col.TextColumn("All warnings and notes", width="large"),
+    }
+    return styler, columns
+
+
+def worklist_height(n_rows: int, most: int = 15) -> int:
+    """Pixels for the worklist: every row up to ``most``, then it scrolls."""
+    return 38 + 35 * max(1, min(n_rows, most))
+
+
+def _markdown_text(text: str) -> str:
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>~$-])", r"\\\1", text)
+
+
+def flagged_line(row: dict, reading: Reading) -> str:
+    """One markdown list item for a flagged worklist row: the file (linked to its card), its
+    trust state and its reason in full."""
+    name = _markdown_text(row["file"])
+    link = f"[{name}](#{card_anchor(reading)})" if reading.ok else name
+    return f"- **{link}**: {row['trust_label']}. {_markdown_text(row['reason'])}"
+
+
+def csv_rows(rows: list[dict]) -> list[dict]:
+    """Worklist rows cut to the batch command's columns (:data:`reader.RESULT_COLUMNS`)."""
+    return [{key: row[key] for key in reader.RESULT_COLUMNS} for row in rows]
 
 
 def intended_use_notice() -> None:

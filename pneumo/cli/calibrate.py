@@ -2,7 +2,10 @@
 
 FOLDER holds a labelled local sample in ``NORMAL/`` and ``PNEUMONIA/`` (PNG, JPEG or DICOM, any
 size). Every file is read as the app reads uploads; one that cannot be read is reported and
-skipped. The readable ones are scored with the bundled model, the probability calibration is
+skipped. Each readable image then goes through the app's checks; one pneumo would not answer
+about (out of scope: not a chest X-ray, outside the population, no lung fields; or doubtful:
+turned, flipped, inverted) is reported and left out of the fit. The rest are scored with the
+bundled model, the probability calibration is
 refitted on them and operating points are proposed (:mod:`pneumo.reading.site`), and ``site.json`` is
 written to the site folder (``--site-dir``, else ``$PNEUMO_SITE_DIR``, else ``site/`` in the
 project). The file holds numbers only: no image, no file name.
@@ -42,6 +45,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _print_skipped(report: site.SampleReport | None) -> None:
     for name, why in report.skipped if report is not None else []:
         print(f"skipped {name}: {why}", file=sys.stderr)
+    left_out = report.left_out if report is not None else []
+    for name, why in left_out:
+        print(f"left out {name}: {why}", file=sys.stderr)
+    if left_out:
+        print(f"{len(left_out)} image(s) left out of the fit: pneumo would not answer about them "
+              "(if many are called older than the population, this site's patients may not be "
+              "the children pneumo was built for).", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,11 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    from pneumo.cli.loaders import load_quality_checker, load_scope_check, load_segmenter
+    from pneumo.models import ood
     from pneumo.models.classifier import Predictor, load_model
+    from pneumo.models.runtime import load_explainer
 
     model_path = config.weights_path(config.MODEL_FILE)
     try:
         predictor = Predictor(load_model(model_path))
+        screen = site.trust_screen(load_explainer(model_path), ood.load_detector(), load_segmenter(),
+                                   load_quality_checker(), load_scope_check())
     except FileNotFoundError as err:
         print(err, file=sys.stderr)
         return 1
@@ -75,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             calibration, report, path = site.calibrate(
                 items, args.site, predictor.predict, site.model_fingerprint(model_path),
-                folder=args.site_dir, batch_size=args.batch_size, progress=progress)
+                folder=args.site_dir, batch_size=args.batch_size, progress=progress, screen=screen)
         except site.SiteSampleError as err:
             report = err.report
             _print_skipped(report)

@@ -4,8 +4,13 @@ Predicts calibrated probabilities for the carved validation split and the 624 of
 images, chooses the recommended and high-sensitivity thresholds on validation only (the
 highest threshold reaching validation sensitivity 0.95 and 0.98), measures how much of each
 heat map lies in the lungs (ground-truth test masks from ``--lung-masks`` when present, and
-the lung-field segmenter's masks), and writes ``val_predictions.csv``,
-``test_predictions.csv`` and ``metrics.json``.
+the lung-field segmenter's masks) and whether the heat maps follow the film (flip equivariance,
+side preference, diversity, occlusion faithfulness: :mod:`pneumo.evaluation.heatmaps`, on
+validation and test, per class), and writes ``val_predictions.csv``, ``test_predictions.csv``
+and ``metrics.json``.
+
+``--heatmaps-only`` computes only the follow-the-film measures and replaces that part of the
+``heatmaps`` section of an existing ``metrics.json`` (nothing else is written).
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import numpy as np
 from pneumo import config
 from pneumo.data.splits import Sample, layout_problem, load_arrays, load_splits
 from pneumo.evaluation import artifacts
+from pneumo.evaluation import heatmaps as hm
 from pneumo.evaluation import metrics as m
+
+FOLLOW_KEY = "follow_the_film"  # the heatmaps section's entry for the follow-the-film measures
+FOLLOW_METHOD = "Grad-CAM"  # the map the measures are taken on (the app's default map)
 
 
 def compute_metrics(val: dict[str, np.ndarray], test: dict[str, np.ndarray],
@@ -87,9 +96,60 @@ def predict_split(model, samples: list[Sample], explainer=None) -> dict[str, np.
             "images": images}
 
 
-def heatmap_figures(test: dict, lung_masks: Path | None, lungs_model: Path) -> dict:
-    """Heat-map mass and peaks in the lungs on test: with ground-truth masks, and segmenter masks."""
-    from pneumo.models.lungs import LungSegmenter, heatmap_report
+def segmenter_masks(images: np.ndarray, lungs_model: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(masks (N, 224, 224) bool, whether each has no plausible lungs) from the lung-field
+    segmenter; None when its model file is absent."""
+    from pneumo.models.lungs import LungSegmenter
+
+    if not Path(lungs_model).exists():
+        return None
+    fields = LungSegmenter.load(lungs_model).fields(images)
+    return (np.stack([f.mask for f in fields]) if fields else np.zeros((0,) + images.shape[1:3], bool),
+            np.array([f.problem is not None for f in fields], bool))
+
+
+def explainer_cams(explainer, method: str = FOLLOW_METHOD):
+    """A batch of images -> their (N, h, w) heat maps of ``method`` from ``explainer``."""
+    def cams(images: np.ndarray) -> np.ndarray:
+        return np.stack([e.cams[method] for e in explainer.explain(images, batch_size=32)])
+    return cams
+
+
+def explainer_logits(explainer):
+    """A batch of images -> their (N,) uncalibrated logits from ``explainer``'s forward pass."""
+    from pneumo.models.explain import pixel_batch
+
+    def logits(images: np.ndarray) -> np.ndarray:
+        return np.asarray(explainer.forward(pixel_batch(images))[1], dtype="float64").reshape(-1)
+    return logits
+
+
+def follow_the_film(explainer, images: np.ndarray, labels: np.ndarray,
+                    lung_masks: np.ndarray | None, maps: np.ndarray | None = None,
+                    members: dict | None = None, method: str = FOLLOW_METHOD) -> dict:
+    """:func:`pneumo.evaluation.heatmaps.measure` for one split with this explainer's maps
+    (``maps``: the films' maps when already computed; ``members``: other explainers by name)."""
+    return hm.measure(images, labels, explainer_cams(explainer, method), explainer_logits(explainer),
+                      lung_masks=lung_masks, maps=maps,
+                      members={k: explainer_cams(e, method) for k, e in (members or {}).items()})
+
+
+def follow_the_film_section(per_split: dict, lungs_model: Path | None) -> dict:
+    """The ``heatmaps.follow_the_film`` entry of ``metrics.json``: the per-split reports and what
+    they were measured with."""
+    return {"method": FOLLOW_METHOD,
+            "mirrored_film": "np.flip(image, axis=1) of the 224x224 input",
+            "lung_masks": (f"lung-field segmenter {Path(lungs_model).name}" if lungs_model
+                           else "none (image halves only)"),
+            "blur_sigma_px": hm.BLUR_SIGMA_OF_WIDTH * config.IMAGE_SIZE,
+            **per_split}
+
+
+def heatmap_figures(test: dict, lung_masks: Path | None, lungs_model: Path,
+                    segmenter: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Heat-map mass and peaks in the lungs on test: with ground-truth masks, and segmenter masks
+    (``segmenter``: :func:`segmenter_masks` of the test images when already computed)."""
+    from pneumo.models.lungs import heatmap_report
 
     out = {}
     if lung_masks is not None and (Path(lung_masks) / "MANIFEST.csv").exists():
@@ -101,13 +161,11 @@ def heatmap_figures(test: dict, lung_masks: Path | None, lungs_model: Path) -> d
             masks = np.stack([read_mask(paths[f]) for f in test["filename"][have]])
             cams = {k: v[have] for k, v in test["cams"].items()}
             out["ground_truth_masks"] = heatmap_report(cams, masks, test["label"][have])
-    if Path(lungs_model).exists():
-        segmenter = LungSegmenter.load(lungs_model)
-        fields = segmenter.fields(test["images"])
-        masks = np.stack([f.mask for f in fields])
+    segmenter = segmenter if segmenter is not None else segmenter_masks(test["images"], lungs_model)
+    if segmenter is not None:
+        masks, no_lungs = segmenter
         out["segmenter_masks"] = heatmap_report(test["cams"], masks, test["label"])
-        out["segmenter_masks"]["no_lungs_flagged"] = float(np.mean([f.problem is not None
-                                                                     for f in fields]))
+        out["segmenter_masks"]["no_lungs_flagged"] = float(np.mean(no_lungs))
     return out
 
 
@@ -136,6 +194,8 @@ def format_table(metrics: dict) -> str:
     for k, v in metrics["subtype_sensitivity_at_recommended"].items():
         lines.append(f"  sensitivity {k}: {v['value']:.3f} (n={v['n']})")
     for source, report in metrics.get("heatmaps", {}).items():
+        if "lung_area" not in report:  # the follow-the-film entry: below
+            continue
         lines.append(f"  heat maps vs {source.replace('_', ' ')} (n={report['n']}; lungs cover "
                      + ", ".join(f"{k} {v:.1%}" for k, v in report["lung_area"].items()) + ")")
         for method in ("Grad-CAM", "Grad-CAM++"):
@@ -143,9 +203,55 @@ def format_table(metrics: dict) -> str:
                 lines.append(f"    {method:<10} {name:<9} mass in lungs {r['mass_in_lungs']:.1%}, "
                              f"peak in lungs {r['peak_in_lungs']:.1%}, no positive map "
                              f"{r.get('empty_maps', 0):.1%} (n={r['n']})")
+    lines.extend(format_follow(metrics.get("heatmaps", {}).get(FOLLOW_KEY, {})))
     if "ood" in metrics:
         lines.append(f"  OOD check flags {metrics['ood']['test_flagged']:.2%} of test radiographs")
     return "\n".join(lines)
+
+
+def format_follow(section: dict, indent: str = "  ") -> list[str]:
+    """Lines for the follow-the-film measures of each split (PNEUMONIA films, then NORMAL)."""
+    lines = []
+    for split in ("val", "test"):
+        for name in ("PNEUMONIA", "NORMAL"):
+            r = section.get(split, {}).get(name)
+            if not r:
+                continue
+            side, peak = r["side_preference"], r["peak_side"]
+            occ = r.get("occlusion_faithfulness_lungs", r.get("occlusion_faithfulness", {}))
+            lines.append(
+                f"{indent}{section.get('method', '')} {split} {name} (n={r['n']}): flip equivariance "
+                f"{r['flip_equivariance']['mean']:.2f} (unflipped {r['unflipped_correlation']['mean']:.2f}; "
+                f"{r['flip_equivariance']['undefined']} undefined), heavier image-right "
+                f"{side['right']}/{side['right'] + side['left']}, peak image-right "
+                f"{peak['right']}/{r['n']}, correlation with the mean map "
+                f"{r['diversity']['mean']:.2f}, occlusion faithfulness "
+                f"{occ.get('mean', float('nan')):.1%}")
+    return lines
+
+
+def heatmaps_only(args, parser) -> None:
+    """``--heatmaps-only``: the follow-the-film measures on val and test, written into the
+    ``heatmaps`` section of the existing ``metrics.json``; nothing else is touched."""
+    from pneumo.models.runtime import load_explainer
+
+    if not artifacts.weights_file(config.METRICS_FILE, args.weights).exists():
+        parser.error(f"--heatmaps-only updates {args.weights / config.METRICS_FILE}, which is "
+                     "missing: run the whole evaluation first")
+    explainer = load_explainer(args.weights / config.MODEL_FILE)
+    splits = load_splits(args.data)
+    section = {}
+    for split in ("val", "test"):
+        images, labels = load_arrays(splits[split])
+        masks = segmenter_masks(images, args.lungs)
+        section[split] = follow_the_film(explainer, images, labels,
+                                         None if masks is None else masks[0])
+    figures = follow_the_film_section(section, args.lungs if Path(args.lungs).exists() else None)
+    current = artifacts.read_metrics(args.weights)
+    heatmaps = dict(current.heatmaps) if current else {}
+    heatmaps[FOLLOW_KEY] = figures
+    artifacts.update_metrics_section("heatmaps", heatmaps, args.weights)
+    print("\n".join(format_follow(figures)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep ood.npz and its figures instead of refitting them (about 20 "
                              "minutes): they depend on the backbone only, so this is right after a "
                              "calibration-only change (`python -m pneumo.train --recalibrate`)")
+    parser.add_argument("--heatmaps-only", action="store_true",
+                        help="compute only whether the heat maps follow the film (flip "
+                             "equivariance, side preference, diversity, occlusion) on val and "
+                             "test and put them in the existing metrics.json's heatmaps section")
     args = parser.parse_args(argv)
 
     from pneumo.models.classifier import load_model, model_problem
@@ -171,15 +281,26 @@ def main(argv: list[str] | None = None) -> None:
     if problem := layout_problem(args.data) or model_problem(args.weights / config.MODEL_FILE):
         parser.error(problem)
 
+    if args.heatmaps_only:
+        heatmaps_only(args, parser)
+        return
     model = load_model(args.weights / config.MODEL_FILE)
     explainer = CamExplainer(model)
     splits = load_splits(args.data)
-    results = {}
+    results, masks, follow = {}, {}, {}
     for split in ("val", "test"):
         results[split] = predict_split(model, splits[split], explainer)
         artifacts.write_predictions(split, splits[split], results[split]["probability"], args.weights)
+        masks[split] = segmenter_masks(results[split]["images"], args.lungs)
+        follow[split] = follow_the_film(
+            explainer, results[split]["images"], results[split]["label"],
+            None if masks[split] is None else masks[split][0],
+            maps=results[split]["cams"].get(FOLLOW_METHOD))
     metrics = compute_metrics(results["val"], results["test"], args.bootstrap)
-    metrics["heatmaps"] = heatmap_figures(results["test"], args.lung_masks, args.lungs)
+    metrics["heatmaps"] = heatmap_figures(results["test"], args.lung_masks, args.lungs,
+                                          masks["test"])
+    metrics["heatmaps"][FOLLOW_KEY] = follow_the_film_section(
+        follow, args.lungs if masks["test"] is not None else None)
     previous_ood = artifacts.read_ood_figures(args.weights)
     if args.keep_ood and previous_ood and artifacts.ood_file(args.weights).exists():
         print("kept the OOD reference and its figures (--keep-ood)")

@@ -97,21 +97,32 @@ def patient_interval(flags: np.ndarray, groups: np.ndarray, samples: int = 2000,
 
 def refit(data: Path, older_dir: Path, weights: Path = config.WEIGHTS_DIR,
           child_copies: int = CHILD_COPIES, older_copies: int = OLDER_COPIES) -> dict:
-    from pneumo.models.runtime import load_explainer
+    from pneumo.models.runtime import file_sha256, load_explainer
 
     started = time.time()
-    explainer = load_explainer(Path(weights) / config.MODEL_FILE)
     splits = load_splits(Path(data))
     train, val = splits["train"], splits["val"]
     older = read_older(Path(older_dir))
     print(f"children: {len(train)} train + {len(val)} validation; older: {len(older)}", flush=True)
-    x_train = load_arrays(train)[0]
-    x_val = load_arrays(val)[0]
-    x_old = np.stack([load_image(s.path) for s in older])
-    f_train, i_train = with_copies(explainer, x_train, child_copies, SEED, include_originals=False)
-    f_val, i_val = with_copies(explainer, x_val, child_copies * 2, SEED + 1)
-    f_old, i_old = with_copies(explainer, x_old, older_copies, SEED + 2)
-    n_val_orig, n_old_orig = len(x_val), len(x_old)
+    model_file = Path(weights) / config.MODEL_FILE
+    cache = (Path(weights) / "checkpoints"
+             / f"population_features_{file_sha256(model_file)[:12]}_{child_copies}_{older_copies}.npz")
+    if cache.exists():  # features of the same model and copies (weights/checkpoints is not in git)
+        with np.load(cache) as z:
+            f_train, i_train, f_val, i_val, f_old, i_old = (
+                z[k] for k in ("f_train", "i_train", "f_val", "i_val", "f_old", "i_old"))
+    else:
+        explainer = load_explainer(model_file)
+        x_train = load_arrays(train)[0]
+        x_val = load_arrays(val)[0]
+        x_old = np.stack([load_image(s.path) for s in older])
+        f_train, i_train = with_copies(explainer, x_train, child_copies, SEED, include_originals=False)
+        f_val, i_val = with_copies(explainer, x_val, child_copies * 2, SEED + 1)
+        f_old, i_old = with_copies(explainer, x_old, older_copies, SEED + 2)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, f_train=f_train, i_train=i_train, f_val=f_val, i_val=i_val, f_old=f_old,
+                 i_old=i_old)
+    n_val_orig, n_old_orig = len(val), len(older)
     print(f"features in {time.time() - started:.0f} s", flush=True)
 
     x = np.concatenate([f_train, f_val, f_old])
@@ -141,7 +152,6 @@ def refit(data: Path, older_dir: Path, weights: Path = config.WEIGHTS_DIR,
             out["interval95"] = patient_interval(flags[mask], groups[mask])
         return out
 
-    old_orig = original[part == "older"]
     cv = {"children_train_views": share(part == "train"),
           "children_val_originals": share((part == "val") & original),
           "children_val_all_views": share(part == "val")}
@@ -151,7 +161,9 @@ def refit(data: Path, older_dir: Path, weights: Path = config.WEIGHTS_DIR,
         cv[f"older_{band}_originals"] = share(in_band & original)
         cv[f"older_{band}_all_views"] = share(in_band)
     cv["older_all_originals"] = share((part == "older") & original)
-    del old_orig
+    older_rows = np.flatnonzero((part == "older") & original)
+    oof_older = {older[int(i_old[r - len(f_train) - len(f_val)])].path.name: round(float(scores[r]), 6)
+                 for r in older_rows}
 
     mean, scale, coef, intercept = fit_logistic(x, y, best_c)
     check = PopulationCheck(mean, scale, coef, intercept, threshold)
@@ -169,6 +181,8 @@ def refit(data: Path, older_dir: Path, weights: Path = config.WEIGHTS_DIR,
         "cross_validation": cv,
         "trials": {str(c): {"older_views_flagged": t[0], "threshold": t[1]} for c, t in trials.items()},
         "seconds": round(time.time() - started),
+        # each older original's out-of-fold score (its patient held out), for benchmarks/scope_check.py
+        "oof_older_originals": oof_older,
     }
     (Path(weights) / config.POPULATION_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record

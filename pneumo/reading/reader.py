@@ -90,6 +90,11 @@ class Reading:
         """What a person should be told about this reading, most serious first."""
         if self.error:
             return [self.error]
+        verdict = self.trust
+        if verdict.state == trust_states.OUT_OF_SCOPE:  # why it is not read, and what may explain
+            # it (low resolution); nothing about a film it may not be (no "inverted" on a blank)
+            small = [m for c, m in (self.quality.findings if self.quality else []) if c == "low_resolution"]
+            return [verdict.reason] + small + list(self.notes)
         scope = [self.scope.reason] if self.scope is not None else []
         return ([self.ood_warning] if self.ood_warning else []) + scope + self.quality_messages + (
             [self.lung_warning] if self.lung_warning else []) + list(self.notes)
@@ -242,6 +247,23 @@ def read_batch(
     ``digests``: the files' :func:`digest_of`, when the caller has hashed them already.
     """
     readings = decode_files(list(files), progress, digests=digests)
+    check_decoded(readings, explainer, ood_check, progress, batch_size, segmenter, quality_checker,
+                  scope_check)
+    return readings
+
+
+def check_decoded(
+    readings: list[Reading],
+    explainer,
+    ood_check: Callable[[Reading], str | None] | None = None,
+    progress: ProgressCallback | None = None,
+    batch_size: int = 16,
+    segmenter=None,
+    quality_checker=None,
+    scope_check: Callable[[Reading], Verdict | None] | None = None,
+) -> None:
+    """The second half of :func:`read_batch`, on readings :func:`decode_file` made: model, lung
+    fields, quality, then the "not a chest X-ray" and scope checks, in batches, in place."""
     good = [r for r in readings if r.error is None]
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
@@ -255,7 +277,6 @@ def read_batch(
     _run_checks(good, ood_check, scope_check)
     if progress:
         progress(1.0, f"Read {len(good)} of {len(readings)} files")
-    return readings
 
 
 def _explain_chunk(chunk: list[Reading], explainer, segmenter=None) -> np.ndarray:
@@ -383,19 +404,28 @@ def result_row(reading: Reading, threshold: float, calibration: str = "") -> dic
 
 
 def worklist_rows(readings: list[Reading], threshold: float, calibration: str = "") -> list[dict]:
-    """:func:`result_row` per reading for the app's table, highest probability first and
-    unreadable files last, plus ``probability`` (the text a person reads,
-    :func:`pneumo.reading.wording.probability_text`) and ``warning`` (every warning, joined).
-    Numbers are rounded for the table (probabilities 4 decimals, the threshold 3)."""
+    """:func:`result_row` per reading for the app's table, flagged readings first (any state but
+    trusted: doubtful, then out of scope, then not read), each group highest probability first.
+
+    Each row also has ``probability`` (the text a person reads,
+    :func:`pneumo.reading.wording.probability_text`), ``trust_label`` ("Doubtful"...),
+    ``flagged`` (not trusted), ``warning`` (every warning, joined) and ``index`` (the reading's
+    position in ``readings``, so a screen can take its cards in the table's order and link a row
+    to its card). Numbers are rounded for the table (probabilities 4 decimals, the threshold 3).
+    """
     from pneumo.reading.wording import probability_text
 
+    first = {trust_states.DOUBTFUL: 0, trust_states.OUT_OF_SCOPE: 1, trust_states.NOT_READ: 2,
+             trust_states.TRUSTED: 3}
     rows = []
-    for r in readings:
+    for index, r in enumerate(readings):
         row = result_row(r, threshold, calibration)
         for key in ("probability_pneumonia", "gradcam_in_lungs", "bundled_probability"):
             row[key] = None if row[key] is None else round(row[key], 4)
         row["threshold"] = round(threshold, 3)
         rows.append({"file": row.pop("file"), "probability": probability_text(r.probability),
-                     **row, "warning": "; ".join(r.warnings)})
-    return sorted(rows, key=lambda row: -1 if row["probability_pneumonia"] is None
-                  else row["probability_pneumonia"], reverse=True)
+                     **row, "trust_label": trust_states.LABELS[row["trust"]],
+                     "flagged": row["trust"] != trust_states.TRUSTED,
+                     "warning": "; ".join(r.warnings), "index": index})
+    return sorted(rows, key=lambda row: (first[row["trust"]], -1 if row["probability_pneumonia"]
+                                         is None else -row["probability_pneumonia"]))

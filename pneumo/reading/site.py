@@ -49,6 +49,7 @@ from pneumo.io.base import too_big_to_read
 Item = tuple[int, str, Callable[[], bytes]]
 Scorer = Callable[[np.ndarray], np.ndarray]  # (N, 224, 224, 3) model inputs -> (N,) probabilities
 ProgressCallback = Callable[[float, str], None]
+Screen = Callable[[list], list]  # decoded readings -> for each, why to leave it out of the fit, or None
 
 PROBABILITY_DECIMALS = 6  # the sample's probabilities as stored
 CALIBRATE_COMMAND = 'python -m pneumo.calibrate --data FOLDER --site "Name"'
@@ -345,7 +346,7 @@ def load(folder: Path | None = None, model_path: Path | None = None) -> SiteStat
 
 
 def build(site: str, labels, bundled_probabilities, fingerprint: str, unreadable: int = 0,
-          created: str | None = None, strength: float = config.SITE_PRIOR_STRENGTH,
+          created: str | None = None, left_out: int = 0, strength: float = config.SITE_PRIOR_STRENGTH,
           sd: tuple[float, float] = config.SITE_PRIOR_SD) -> SiteCalibration:
     """Fit the site calibration and its operating points on a scored, labelled sample.
 
@@ -376,7 +377,7 @@ def build(site: str, labels, bundled_probabilities, fingerprint: str, unreadable
     at = m.metrics_at(y, site_p, round_threshold(thresholds["recommended"]))
     return SiteCalibration(
         site=site, scale=scale, bias=bias, thresholds=thresholds,
-        counts={**n, "unreadable": int(unreadable)},
+        counts={**n, "unreadable": int(unreadable), "left_out": int(left_out)},
         created=created or dt.date.today().isoformat(), model_fingerprint=fingerprint,
         labels=tuple(int(v) for v in y), probabilities=tuple(float(v) for v in site_p),
         bundled_probabilities=tuple(float(v) for v in p),
@@ -401,6 +402,7 @@ class SampleReport:
     labels: np.ndarray
     probabilities: np.ndarray
     skipped: list[tuple[str, str]]
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # read, but not trusted: why
 
 
 def class_of(parts: Sequence[str]) -> int | None:
@@ -481,21 +483,26 @@ def _zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 def score_items(items: Iterable[Item], score: Scorer, batch_size: int = 16,
-                progress: ProgressCallback | None = None) -> SampleReport:
+                progress: ProgressCallback | None = None, screen: Screen | None = None
+                ) -> SampleReport:
     """Decode each file through the app's path (:func:`pneumo.reading.reader.decode_file`) and score the
-    readable ones in batches; a file that cannot be read is reported and skipped."""
+    readable ones in batches; a file that cannot be read is reported and skipped. ``screen``
+    (decoded readings -> for each, why to leave it out or None; :func:`trust_screen`) leaves
+    out of the fit what pneumo would not answer about (out of scope or doubtful), reported in
+    ``left_out``: a new site's children called "older" show up there first."""
     from pneumo.reading.reader import decode_file
 
     items = list(items)
     labels: list[int] = []
     probs: list[float] = []
     skipped: list[tuple[str, str]] = []
+    left_out: list[tuple[str, str]] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         if progress:
             progress(start / max(len(items), 1),
                      f"Reading images {start + 1}-{start + len(chunk)} of {len(items)}")
-        inputs, chunk_labels = [], []
+        inputs, chunk_labels, decoded = [], [], []
         for label, name, loader in chunk:
             try:
                 data = loader()
@@ -508,6 +515,12 @@ def score_items(items: Iterable[Item], score: Scorer, batch_size: int = 16,
             if reading.error:
                 skipped.append((name, reading.error))
                 continue
+            decoded.append((label, reading))
+        reasons = screen([r for _, r in decoded]) if screen and decoded else [None] * len(decoded)
+        for (label, reading), reason in zip(decoded, reasons):
+            if reason:
+                left_out.append((reading.name, reason))
+                continue
             inputs.append(reading.model_input)
             chunk_labels.append(label)
         if inputs:
@@ -517,21 +530,37 @@ def score_items(items: Iterable[Item], score: Scorer, batch_size: int = 16,
     if progress:
         progress(1.0, f"Read {len(labels)} of {len(items)} images")
     return SampleReport(np.asarray(labels, dtype="int64"), np.asarray(probs, dtype="float64"),
-                        skipped)
+                        skipped, left_out)
+
+
+
+def trust_screen(explainer, ood_check=None, segmenter=None, quality_checker=None,
+                 scope_check=None) -> Screen:
+    """A ``screen`` for :func:`score_items`: runs the app's checks on decoded readings and gives
+    the trust reason of each that is not trusted (out of scope or doubtful), else None."""
+    from pneumo.reading.reader import check_decoded
+
+    def screen(readings: list) -> list:
+        check_decoded(readings, explainer, ood_check, segmenter=segmenter,
+                      quality_checker=quality_checker, scope_check=scope_check)
+        return [None if r.trust.trusted else f"{r.trust.label}: {r.trust.reason}" for r in readings]
+
+    return screen
 
 
 def calibrate(items: Iterable[Item], site: str, score: Scorer, fingerprint: str,
               folder: Path | None = None, batch_size: int = 16,
-              progress: ProgressCallback | None = None) -> tuple[SiteCalibration, SampleReport, Path]:
+              progress: ProgressCallback | None = None, screen: Screen | None = None
+              ) -> tuple[SiteCalibration, SampleReport, Path]:
     """The whole flow, shared by the CLI and the app: read and score the sample, fit, write
     ``site.json``. :class:`SiteSampleError` when no calibration can be made (nothing written)."""
     items = list(items)
     if not items:
         raise SiteSampleError("No images found in NORMAL/ and PNEUMONIA/.")
-    report = score_items(items, score, batch_size, progress)
+    report = score_items(items, score, batch_size, progress, screen)
     try:
         calibration = build(site, report.labels, report.probabilities, fingerprint,
-                            unreadable=len(report.skipped))
+                            unreadable=len(report.skipped), left_out=len(report.left_out))
     except SiteSampleError as err:
         err.report = report  # what was skipped, for the message
         raise
@@ -543,7 +572,9 @@ def summary_lines(calibration: SiteCalibration, report: SampleReport | None = No
     c, s = calibration.counts, calibration.sample_metrics
     lines = [
         f"{calibration.banner}: {c['NORMAL']} NORMAL, {c['PNEUMONIA']} PNEUMONIA"
-        + (f"; {c.get('unreadable', 0)} file(s) skipped as unreadable" if c.get("unreadable") else ""),
+        + (f"; {c.get('unreadable', 0)} file(s) skipped as unreadable" if c.get("unreadable") else "")
+        + (f"; {c.get('left_out', 0)} image(s) left out of the fit as out of scope or doubtful "
+           "(listed above)" if c.get("left_out") else ""),
         f"Site calibration: p_site = sigmoid({calibration.scale:.3f} * logit(p) "
         f"{'+' if calibration.bias >= 0 else '-'} {abs(calibration.bias):.3f}).",
         f"Recommended threshold {calibration.recommended:.3f} (sample sensitivity >= "

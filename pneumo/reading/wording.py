@@ -76,20 +76,77 @@ def _range_words(lo: float, hi: float) -> str:
     return f"between {percent(lo)} and {percent(hi)}"
 
 
-def evidence_line(probability: float, scores: np.ndarray, labels: np.ndarray,
-                  min_count: int = config.EVIDENCE_MIN_IMAGES, source: str = "test") -> str:
-    """"Of the N test images scored between a and b, k had pneumonia." for the bin around
-    ``probability`` (see :func:`evidence_bin`); ``labels`` are 1 for pneumonia. "" without scores.
-    ``source`` names the images ("test"; "site-sample" for a site calibration's sample).
-    """
+EVIDENCE_SOURCES = {"test": "On the official test set",
+                    "site-sample": "In this site's calibration sample"}
+EVIDENCE_GAP_POINTS = 15  # the observed share and the probability differ by more: say so
+
+
+def _evidence_counts(probability: float, scores: np.ndarray, labels: np.ndarray,
+                     min_count: int) -> tuple[float, float, int, int] | None:
+    """(low, high, n, k) of the bin around ``probability``: n images in it, k with pneumonia."""
     scores, labels = np.asarray(scores, dtype="float64"), np.asarray(labels)
     if scores.size == 0:
-        return ""
+        return None
     lo, hi = evidence_bin(probability, scores, min_count=min_count)
     chosen = _in_bin(scores, lo, hi)
-    n, k = int(chosen.sum()), int((labels[chosen] == 1).sum())
-    images = "image" if n == 1 else "images"
-    return f"Of the {n} {source} {images} scored {_range_words(lo, hi)}, {k} had pneumonia."
+    return lo, hi, int(chosen.sum()), int((labels[chosen] == 1).sum())
+
+
+def evidence_line(probability: float, scores: np.ndarray, labels: np.ndarray,
+                  min_count: int = config.EVIDENCE_MIN_IMAGES, source: str = "test") -> str:
+    """"On the official test set, films scored like this one (between a and b) had pneumonia in
+    k of N cases." for the bin around ``probability`` (see :func:`evidence_bin`); ``labels`` are
+    1 for pneumonia. "" without scores. ``source`` names the images ("test"; "site-sample" for a
+    site calibration's sample). The observed share stays beside the calibrated probability,
+    never instead of it (nothing is fitted on the test split)."""
+    found = _evidence_counts(probability, scores, labels, min_count)
+    if found is None:
+        return ""
+    lo, hi, n, k = found
+    cases = "case" if n == 1 else "cases"
+    return (f"{EVIDENCE_SOURCES[source]}, films scored like this one ({_range_words(lo, hi)}) "
+            f"had pneumonia in {k} of {n} {cases}.")
+
+
+def evidence_gap(probability: float, scores: np.ndarray, labels: np.ndarray,
+                 min_count: int = config.EVIDENCE_MIN_IMAGES, source: str = "test") -> str:
+    """One plain sentence when the share with pneumonia among the images of
+    :func:`evidence_line`'s bin differs from ``probability`` by more than
+    :data:`EVIDENCE_GAP_POINTS` percentage points (the model's estimate runs high or low in this
+    range on those images), else ""."""
+    found = _evidence_counts(probability, scores, labels, min_count)
+    if found is None or not math.isfinite(probability):
+        return ""
+    _, _, n, k = found
+    gap = (probability - k / n) * 100
+    if abs(gap) <= EVIDENCE_GAP_POINTS:
+        return ""
+    films = "test films" if source == "test" else "films of this site's sample"
+    direction = "high" if gap > 0 else "low"
+    more = "fewer" if gap > 0 else "more"
+    return (f"On the {films} in this range the model's estimate runs {direction}: {more} of them "
+            f"had pneumonia ({percent(k / n)}) than this probability says.")
+
+
+EMPTY_HEAT_MAP = "Nothing in this film raised the score: the {method} map is empty."
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """"1 image", "3 images"."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def files_read_text(n_new: int, n_unreadable: int, n_in_all: int | None = None) -> str:
+    """The status line after reading the new files of a batch: "Read 3 images", "Read 1 new
+    image; 2 in all", "Read 11 of 22 new files; 11 could not be read"."""
+    new = "" if n_in_all is None or n_in_all <= n_new else "new "
+    tail = f"; {n_in_all} in all" if new else ""
+    if not n_unreadable:
+        return f"Read {n_new} {new}{'image' if n_new == 1 else 'images'}{tail}"
+    if n_unreadable == n_new:
+        return f"Could not read {plural(n_new, new + 'file')}{tail}"
+    return (f"Read {n_new - n_unreadable} of {n_new} {new}files; {n_unreadable} could not be "
+            f"read{tail}")
 
 
 def lung_share_text(share: float) -> str:

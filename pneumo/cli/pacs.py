@@ -1,0 +1,225 @@
+"""Batch reading from the PACS: ``python -m pneumo.pacs --since 2026-12-01 --out results.csv``.
+
+Options: ``--url URL`` (the DICOMweb service; else ``PNEUMO_PACS_URL`` or ``[pacs] url`` in
+``.streamlit/secrets.toml``, :mod:`pneumo.io.pacs`), ``--until DATE``, ``--patient-id ID``,
+``--accession NUMBER``, ``--send`` (store the results back in each study: a DICOM SR per read
+image and, for a trusted reading at or above the threshold, a Secondary Capture of its heat
+map, :mod:`pneumo.reading.dicom_results`), ``--batch-size N``.
+
+Every frontal chest image (CR or DX, PA or AP) of the matching studies is retrieved in memory
+and read exactly as an uploaded file (:func:`pneumo.reading.reader.read_batch`, with the same
+checks as ``python -m pneumo.predict``). The threshold is the department's: the site
+calibration's recommended one when a site file exists, else the recommended threshold beside
+the model; there is no per-run threshold. The CSV has ``python -m pneumo.predict``'s columns,
+identified by ``study_instance_uid`` and ``sop_instance_uid`` instead of a file name, and ``sent``
+(what was stored back, or why not). No patient name, id or accession number is written to the
+CSV or printed; nothing pulled is written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from pneumo.cli import predict
+from pneumo.io import pacs
+from pneumo.reading.reader import Reading
+
+IDENTITY = ("study_instance_uid", "sop_instance_uid")
+COLUMNS = IDENTITY + tuple(c for c in predict.COLUMNS if c not in ("file", "cam_file")) + ("sent",)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a date is written YYYY-MM-DD, got {text!r}") from None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.pacs",
+        description="Read every frontal chest X-ray of the matching PACS studies and write "
+                    "P(pneumonia) per image to a CSV; optionally store the results back.")
+    parser.add_argument("--url", help="the PACS's DICOMweb address (default: PNEUMO_PACS_URL, "
+                                      "else [pacs] url in .streamlit/secrets.toml)")
+    parser.add_argument("--since", type=_date, help="first study date, YYYY-MM-DD")
+    parser.add_argument("--until", type=_date, help="last study date, YYYY-MM-DD")
+    parser.add_argument("--patient-id", default="", help="only this patient's studies")
+    parser.add_argument("--accession", default="", help="only the study with this accession number")
+    parser.add_argument("--send", action="store_true",
+                        help="store the results in each study: a DICOM SR per read image and a "
+                             "heat-map Secondary Capture per trusted reading at or above the "
+                             "threshold")
+    parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    parser.add_argument("--batch-size", type=predict._positive_int, default=16,
+                        help="images retrieved and held in memory at a time (default 16)")
+    args = parser.parse_args(argv)
+    if args.since is None and not (args.patient_id or args.accession):
+        parser.error("give --since (or --patient-id or --accession): pneumo does not read a "
+                     "whole PACS")
+    if args.since and args.until and args.until < args.since:
+        parser.error("--until is before --since")
+    return args
+
+
+@dataclass
+class Sender:
+    """Stores results back, one SR series and one SC series per study for this run."""
+
+    client: pacs.PacsClient
+    threshold: float
+    calibration: str = ""
+    series: dict[tuple[str, str], str] = field(default_factory=dict)
+    numbers: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, list] = field(default_factory=dict)  # study -> pneumo SRs already there
+
+    def _series(self, study: str, kind: str) -> tuple[str, int]:
+        from highdicom import UID
+
+        uid = self.series.setdefault((study, kind), str(UID()))
+        self.numbers[uid] = self.numbers.get(uid, 0) + 1
+        return uid, self.numbers[uid]
+
+    def _previous(self, study: str, source_uid: str) -> list:
+        from pneumo.reading import dicom_results
+
+        if study not in self.reports:
+            refs = [r for r in self.client.instances(study, modality="SR")
+                    if r.series_description in ("", dicom_results.SR_SERIES_DESCRIPTION)]
+            self.reports[study] = [ds for ds in (self.client.retrieve_dataset(r) for r in refs)
+                                   if dicom_results.is_pneumo_sr(ds)]
+        return dicom_results.current_reports(self.reports[study], source_uid)
+
+    def send(self, header, reading: Reading) -> str:
+        """Store the reading's SR (and heat map); returns what was stored."""
+        from pneumo.reading import dicom_results
+
+        study = str(header.StudyInstanceUID)
+        previous = self._previous(study, str(header.SOPInstanceUID))
+        uid, number = self._series(study, "SR")
+        objects = [dicom_results.make_sr(header, reading, self.threshold, series_instance_uid=uid,
+                                         instance_number=number, calibration=self.calibration,
+                                         previous=previous)]
+        if dicom_results.wants_overlay(reading, self.threshold):
+            uid, number = self._series(study, "SC")
+            objects.append(dicom_results.make_overlay_sc(header, reading, series_instance_uid=uid,
+                                                         instance_number=number))
+        self.client.store(objects, study_instance_uid=study)
+        self.reports[study].append(objects[0])  # a second send in this run supersedes it
+        return "SR+SC" if len(objects) == 2 else "SR"
+
+
+def row(reading: Reading, ref: pacs.InstanceRef, threshold: float, calibration: str,
+        sent: str) -> dict[str, str]:
+    cells = predict.csv_row(reading, threshold, "", calibration)
+    return {"study_instance_uid": ref.study_instance_uid, "sop_instance_uid": ref.sop_instance_uid,
+            **{k: cells[k] for k in COLUMNS if k in cells}, "sent": sent}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_args(argv)
+    try:
+        client = pacs.connect(args.url)
+        studies = client.search_studies(args.since, args.until, args.patient_id, args.accession)
+    except pacs.PacsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    images: list[pacs.InstanceRef] = []
+    for study in studies:
+        try:
+            images += client.frontal_images(study.study_instance_uid)
+        except pacs.PacsNoImages as err:
+            print(f"note: {err}", file=sys.stderr)
+        except pacs.PacsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    if not images:
+        print(f"No frontal chest image in the {len(studies)} matching studies.", file=sys.stderr)
+        return 1
+
+    from pneumo.reading import site
+
+    status = site.load()
+    if status.message:
+        print(f"note: {status.message}", file=sys.stderr)
+    calibration = status.calibration
+    if calibration is not None:
+        from pneumo.evaluation import artifacts
+
+        threshold = artifacts.round_threshold(calibration.recommended)
+        print(f"note: {calibration.banner}; probabilities and the threshold are the site's.",
+              file=sys.stderr)
+    else:
+        threshold = predict.default_threshold()
+    calibration_name = "" if calibration is None else calibration.label
+
+    from pneumo.models import ood
+    from pneumo.models.runtime import load_explainer
+    from pneumo.reading.reader import read_batch
+
+    try:
+        explainer = load_explainer()
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 1
+    detector = ood.load_detector()
+    segmenter = predict.load_segmenter()
+    checker = predict.load_quality_checker()
+    scope_check = predict.load_scope_check()
+    sender = Sender(client, threshold, calibration_name) if args.send else None
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, str]] = []
+    failures = 0
+    with args.out.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for start in range(0, len(images), args.batch_size):
+            chunk = images[start:start + args.batch_size]
+            files, headers, failed = [], {}, {}
+            for ref in chunk:
+                name = ref.sop_instance_uid
+                try:
+                    data = client.retrieve(ref)
+                    headers[name] = pacs.header_of(data)
+                    files.append((name, data))
+                except pacs.PacsError as err:
+                    failed[name] = Reading(name=name, digest="", error=str(err))
+            readings = {r.name: r for r in read_batch(files, explainer, ood_check=detector,
+                                                      batch_size=args.batch_size,
+                                                      segmenter=segmenter, quality_checker=checker,
+                                                      scope_check=scope_check)}
+            del files
+            readings.update(failed)
+            for ref in chunk:
+                reading = site.calibrate_reading(readings[ref.sop_instance_uid], calibration)
+                sent = ""
+                if sender is not None and reading.ok:
+                    try:
+                        sent = sender.send(headers[ref.sop_instance_uid], reading)
+                    except pacs.PacsError as err:
+                        sent, failures = f"not sent: {err}", failures + 1
+                rows.append(row(reading, ref, threshold, calibration_name, sent))
+                writer.writerow(rows[-1])
+            f.flush()
+    line = predict.summary(rows, threshold, args.out).replace(" files:", " images:", 1)
+    print(f"{len(studies)} studies. {line}")
+    if sender is not None:
+        stored = sum(r["sent"].startswith("SR") for r in rows)
+        overlays = sum(r["sent"] == "SR+SC" for r in rows)
+        print(f"Stored {stored} SR and {overlays} heat maps in the PACS"
+              + (f"; {failures} could not be stored." if failures else "."))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The PACS as a reading source: DICOMweb search (QIDO-RS), retrieve (WADO-RS) and store (STOW-RS).
+
+Off by default: nothing is contacted unless a server is configured, by the environment
+(``PNEUMO_PACS_URL``, ``PNEUMO_PACS_USERNAME``, ``PNEUMO_PACS_PASSWORD`` or ``PNEUMO_PACS_TOKEN``,
+``PNEUMO_PACS_TIMEOUT``) or by ``.streamlit/secrets.toml``::
+
+    [pacs]
+    url = "https://pacs.example.org/dicom-web"
+    username = "..."      # basic authentication, or
+    token = "..."         # a bearer token
+    timeout = 20          # seconds, every call
+
+The environment wins over the file, a ``url`` argument over both. Every call has a timeout and
+no retries; every failure becomes a :class:`PacsError` whose text is one sentence a person reads
+(server down, wrong credentials, timeout, a study without images). Retrieved instances are kept
+in memory only, serialised as a DICOM file (128-byte preamble and "DICM") so that pneumo reads
+them exactly as an uploaded file. Nothing pulled is written to disk or to a log: the DICOMweb
+client's and urllib3's own loggers (which would log query URLs with a patient id) are held at
+WARNING.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pneumo import config
+
+ENV_URL, ENV_USERNAME, ENV_PASSWORD, ENV_TOKEN, ENV_TIMEOUT = (
+    "PNEUMO_PACS_URL", "PNEUMO_PACS_USERNAME", "PNEUMO_PACS_PASSWORD", "PNEUMO_PACS_TOKEN",
+    "PNEUMO_PACS_TIMEOUT")
+SECRETS_FILE = config.PROJECT_ROOT / ".streamlit" / "secrets.toml"
+SECRETS_SECTION = "pacs"
+DEFAULT_TIMEOUT = 20.0  # seconds, for connecting and for each answer
+MODALITIES = ("CR", "DX")  # computed and digital radiography
+FRONTAL_VIEWS = ("PA", "AP")
+BODY_PART = "CHEST"
+ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # the instance as stored, not transcoded
+
+_QUIET_LOGGERS = ("dicomweb_client", "urllib3")
+
+
+class PacsError(Exception):
+    """A PACS problem; ``str(err)`` is one sentence a person reads."""
+
+
+class PacsNotConfigured(PacsError):
+    """No PACS is configured (or its configuration is unusable)."""
+
+
+class PacsUnreachable(PacsError):
+    """The server could not be reached (down, wrong address)."""
+
+
+class PacsAuthError(PacsError):
+    """The server refused the credentials."""
+
+
+class PacsTimeout(PacsError):
+    """The server did not answer in time."""
+
+
+class PacsNoImages(PacsError):
+    """A study holds no frontal chest image to read."""
+
+
+class PacsRefused(PacsError):
+    """The server answered with an error or something pneumo cannot use."""
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    """Where the PACS is and how to sign in; the password and token never appear in a repr."""
+
+    url: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def server(self) -> str:
+        """scheme://host[:port], for messages (never a path, query or credentials)."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def _secrets(path: Path) -> Mapping:
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as f:
+            section = tomllib.load(f).get(SECRETS_SECTION, {})
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise PacsNotConfigured(f"{path} could not be read ({err}); fix it or remove its "
+                                f"[{SECRETS_SECTION}] section.") from None
+    if not isinstance(section, Mapping):
+        raise PacsNotConfigured(f"[{SECRETS_SECTION}] in {path} must be a table of settings.")
+    return section
+
+
+def load_settings(url: str | None = None, environ: Mapping[str, str] | None = None,
+                  secrets_file: Path | None = None) -> PacsSettings | None:
+    """The configured PACS, or None when no URL is configured anywhere (the PACS is off).
+
+    Raises :class:`PacsNotConfigured` for a configuration that cannot work (an address that is
+    not http(s), a user name without a password, a timeout that is not a positive number)."""
+    environ = os.environ if environ is None else environ
+    path = SECRETS_FILE if secrets_file is None else secrets_file
+    keys = {"url": ENV_URL, "username": ENV_USERNAME, "password": ENV_PASSWORD,
+            "token": ENV_TOKEN, "timeout": ENV_TIMEOUT}
+    values = {name: environ.get(env, "") for name, env in keys.items()}
+    if not all(values[k] for k in ("url", "timeout")) or not (
+            values["token"] or (values["username"] and values["password"])):
+        from_file = _secrets(path)  # only read when the environment leaves something unsaid
+        for name in keys:
+            if not values[name] and from_file.get(name) not in (None, ""):
+                values[name] = str(from_file[name])
+    if url:
+        values["url"] = url
+    if not values["url"]:
+        return None
+    address = values["url"].strip().rstrip("/")
+    if urlsplit(address).scheme not in ("http", "https") or not urlsplit(address).hostname:
+        raise PacsNotConfigured("The PACS address must be an http:// or https:// URL of its "
+                                "DICOMweb service, such as https://pacs.example.org/dicom-web.")
+    if values["username"] and not values["password"] and not values["token"]:
+        raise PacsNotConfigured("A PACS user name is configured without a password.")
+    try:
+        timeout = float(values["timeout"]) if values["timeout"] else DEFAULT_TIMEOUT
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout <= 600:
+        raise PacsNotConfigured("The PACS timeout must be a number of seconds between 0 and 600.")
+    return PacsSettings(url=address, username=values["username"], password=values["password"],
+                        token=values["token"], timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study found by a search. The patient fields are for a clinician's screen only: they are
+    left out of the repr, and the batch command never prints or writes them."""
+
+    study_instance_uid: str
+    study_date: str = ""
+    modalities: tuple[str, ...] = ()
+    n_instances: int | None = None
+    accession_number: str = field(default="", repr=False)
+    patient_id: str = field(default="", repr=False)
+    patient_name: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One instance of a study, as a search describes it."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    modality: str = ""
+    view_position: str = ""
+    body_part: str = ""
+    series_description: str = ""
+
+
+def _value(item: Mapping, tag: str) -> str:
+    """The first value of ``tag`` (8 hex digits) in a DICOM JSON object, as text ("" if none)."""
+    values = (item.get(tag) or {}).get("Value") or []
+    if not values:
+        return ""
+    value = values[0]
+    if isinstance(value, Mapping):  # a person name
+        return str(value.get("Alphabetic", ""))
+    return str(value).strip()
+
+
+def _values(item: Mapping, tag: str) -> tuple[str, ...]:
+    return tuple(str(v).strip() for v in (item.get(tag) or {}).get("Value") or [])
+
+
+def date_range(since: date | None, until: date | None) -> str:
+    """A DICOM date range: ``YYYYMMDD-YYYYMMDD``, open at either end ("" for none)."""
+    if since is None and until is None:
+        return ""
+    return (since.strftime("%Y%m%d") if since else "") + "-" + (
+        until.strftime("%Y%m%d") if until else "")
+
+
+def is_frontal_chest(ref: InstanceRef) -> bool:
+    """A CR or DX image of the chest, PA or AP: each fact, where the server states it, must
+    agree (an absent view or body part does not exclude an image; the scope check still reads
+    the header)."""
+    return (ref.modality.upper() in MODALITIES
+            and (not ref.body_part or ref.body_part.upper() == BODY_PART)
+            and (not ref.view_position or ref.view_position.upper() in FRONTAL_VIEWS))
+
+
+def as_file_bytes(dataset) -> bytes:
+    """``dataset`` as the bytes of a DICOM file: preamble, "DICM" and file meta, in memory."""
+    from pydicom import dcmwrite
+
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def as_file_dataset(dataset):
+    """A copy of ``dataset`` that any DICOM writer writes as a file (with its preamble and
+    "DICM"): an instance stored without them cannot be parsed when it is retrieved."""
+    from pydicom import dcmread
+
+    return dcmread(io.BytesIO(as_file_bytes(dataset)))
+
+
+def header_of(data: bytes):
+    """The data set of a DICOM file without its pixel data (for building results)."""
+    from pydicom import dcmread
+
+    return dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+
+def quiet_http_logs() -> None:
+    """Hold the HTTP libraries' loggers at WARNING: at DEBUG they log query URLs (with a patient
+    id or accession number) and request headers (with credentials)."""
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+class PacsClient:
+    """Search, retrieve and store over DICOMweb, with the timeout on every call and no retries;
+    every failure is a :class:`PacsError`."""
+
+    def __init__(self, settings: PacsSettings, session=None):
+        from dicomweb_client.api import DICOMwebClient
+        from dicomweb_client.session_utils import create_session
+
+        quiet_http_logs()
+        self.settings = settings
+        session = session if session is not None else create_session()
+        headers = {}
+        if settings.token:
+            headers["Authorization"] = f"Bearer {settings.token}"
+        elif settings.username:
+            session.auth = (settings.username, settings.password)
+        self._client = DICOMwebClient(settings.url, session=session, headers=headers or None,
+                                      timeout=(settings.timeout, settings.timeout))
+        self._client.set_http_retry_params(retry=False)
+
+    def _call(self, doing: str, function, *args, **kwargs):
+        """``function(*args, **kwargs)``, its failures turned into one-sentence PacsErrors."""
+        import requests
+        from pydicom.errors import InvalidDicomError
+
+        where = self.settings.server
+        try:
+            return function(*args, **kwargs)
+        except requests.Timeout:
+            raise PacsTimeout(f"The PACS at {where} did not answer within "
+                              f"{self.settings.timeout:g} s while {doing}; try again later, or "
+                              "ask IT whether it is running.") from None
+        except requests.ConnectionError:
+            raise PacsUnreachable(f"The PACS at {where} could not be reached while {doing}: "
+                                  "the server is down or the address is wrong.") from None
+        except requests.HTTPError as err:
+            code = err.response.status_code if err.response is not None else 0
+            if code in (401, 403):
+                raise PacsAuthError(f"The PACS at {where} refused pneumo's credentials (HTTP "
+                                    f"{code}) while {doing}: check the user name and password, "
+                                    "or the token.") from None
+            if code == 404:
+                raise PacsRefused(f"The PACS at {where} has no such resource (HTTP 404) while "
+                                  f"{doing}: check that the address is its DICOMweb "
+                                  "service.") from None
+            raise PacsRefused(f"The PACS at {where} answered with an error (HTTP {code}) "
+                              f"while {doing}.") from None
+        except requests.RequestException as err:
+            raise PacsUnreachable(f"The PACS at {where} could not be used while {doing} "
+                                  f"({type(err).__name__}).") from None
+        except (InvalidDicomError, ValueError, KeyError, TypeError, AttributeError):
+            raise PacsRefused(f"The PACS at {where} sent an answer pneumo could not understand "
+                              f"while {doing}.") from None
+
+    def search_studies(self, since: date | None = None, until: date | None = None,
+                       patient_id: str = "", accession_number: str = "") -> list[Study]:
+        """Studies with a CR or DX series (one search per modality, merged), in the date range,
+        of the patient, with the accession number; by study date."""
+        filters = {}
+        if dates := date_range(since, until):
+            filters["StudyDate"] = dates
+        if patient_id:
+            filters["PatientID"] = patient_id
+        if accession_number:
+            filters["AccessionNumber"] = accession_number
+        fields = ["StudyInstanceUID", "StudyDate", "StudyTime", "ModalitiesInStudy",
+                  "AccessionNumber", "PatientID", "PatientName", "NumberOfStudyRelatedInstances"]
+        found: dict[str, tuple[str, Study]] = {}
+        for modality in MODALITIES:
+            items = self._call("searching for studies", self._client.search_for_studies,
+                               search_filters={**filters, "ModalitiesInStudy": modality},
+                               fields=fields, get_remaining=True)
+            for item in items:
+                uid = _value(item, "0020000D")
+                if not uid or uid in found:
+                    continue
+                count = _value(item, "00201208")
+                found[uid] = (_value(item, "00080030"), Study(
+                    study_instance_uid=uid, study_date=_value(item, "00080020"),
+                    modalities=_values(item, "00080061"),
+                    n_instances=int(count) if count.isdigit() else None,
+                    accession_number=_value(item, "00080050"), patient_id=_value(item, "00100020"),
+                    patient_name=_value(item, "00100010")))
+        return [study for _, study in sorted(found.values(),
+                                             key=lambda t: (t[1].study_date, t[0]))]
+
+    def instances(self, study_instance_uid: str, modality: str = "") -> list[InstanceRef]:
+        """Every instance of a study (of ``modality`` only, if given)."""
+        filters = {"Modality": modality} if modality else None
+        items = self._call("listing the images of a study", self._client.search_for_instances,
+                           study_instance_uid=study_instance_uid, search_filters=filters,
+                           fields=["SeriesInstanceUID", "SOPInstanceUID", "Modality",
+                                   "ViewPosition", "BodyPartExamined", "SeriesDescription"],
+                           get_remaining=True)
+        refs = [InstanceRef(study_instance_uid=_value(i, "0020000D") or study_instance_uid,
+                            series_instance_uid=_value(i, "0020000E"),
+                            sop_instance_uid=_value(i, "00080018"), modality=_value(i, "00080060"),
+                            view_position=_value(i, "00185101"), body_part=_value(i, "00180015"),
+                            series_description=_value(i, "0008103E"))
+                for i in items]
+        return [r for r in refs if r.series_instance_uid and r.sop_instance_uid
+                and (not modality or r.modality.upper() == modality.upper())]
+
+    def frontal_images(self, study_instance_uid: str) -> list[InstanceRef]:
+        """The study's frontal chest images (:func:`is_frontal_chest`); raises
+        :class:`PacsNoImages` when there is none."""
+        refs = [r for r in self.instances(study_instance_uid) if is_frontal_chest(r)]
+        if not refs:
+            raise PacsNoImages(f"Study {study_instance_uid} holds no frontal chest image (CR or "
+                               "DX, PA or AP) to read.")
+        return refs
+
+    def retrieve_dataset(self, ref: InstanceRef):
+        """The instance as a pydicom data set, as stored (no transcoding asked), in memory."""
+        return self._call("retrieving an image", self._client.retrieve_instance,
+                          ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid,
+                          media_types=ANY_TRANSFER_SYNTAX)
+
+    def retrieve(self, ref: InstanceRef) -> bytes:
+        """The instance as the bytes of a DICOM file, in memory: read it like an upload."""
+        dataset = self.retrieve_dataset(ref)
+        return self._call("reading a retrieved image", as_file_bytes, dataset)
+
+    def store(self, datasets: Sequence, study_instance_uid: str | None = None) -> None:
+        """Store the data sets (STOW-RS), each written as a DICOM file; raises
+        :class:`PacsRefused` when the server reports any of them failed."""
+        datasets = [as_file_dataset(ds) for ds in datasets]
+        if not datasets:
+            return
+        answer = self._call("storing results", self._client.store_instances, datasets,
+                            study_instance_uid=study_instance_uid)
+        failed = list(getattr(answer, "FailedSOPSequence", None) or [])
+        if failed:
+            raise PacsRefused(f"The PACS at {self.settings.server} refused to store {len(failed)} "
+                              f"of {len(datasets)} result objects.")
+
+
+def connect(url: str | None = None, environ: Mapping[str, str] | None = None,
+            secrets_file: Path | None = None) -> PacsClient:
+    """A client for the configured PACS; :class:`PacsNotConfigured` when there is none."""
+    settings = load_settings(url, environ, secrets_file)
+    if settings is None:
+        raise PacsNotConfigured(
+            f"No PACS is configured: give its DICOMweb address (--url), set {ENV_URL}, or add "
+            f"a [{SECRETS_SECTION}] section with a url to {SECRETS_FILE.relative_to(config.PROJECT_ROOT)}.")
+    return PacsClient(settings)
