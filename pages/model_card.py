@@ -6,6 +6,7 @@ from pneumo import config
 from pneumo.app import charts, ui
 from pneumo.reading import site, wording
 
+ui.page_setup()  # a page opened directly still gets the app's navigation and sidebar
 st.title("Model card")
 ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
 

@@ -6,17 +6,18 @@ import streamlit as st
 from pneumo.app import charts, ui
 from pneumo.evaluation import metrics as m
 
+ui.page_setup()  # a page opened directly still gets the app's navigation and sidebar
 st.title("Threshold explorer")
 ui.site_banner()  # which calibration is in use (a site's, or the bundled one)
 st.caption("Every chart follows the threshold in the sidebar. Moving it trades missed pneumonia "
            "(false negatives) against false alarms (false positives). " + ui.presets_origin())
 
 presets = ui.thresholds()
-cols = st.columns(len(presets) + 1)
-cols[0].markdown("**Presets**")
-for col, (label, value) in zip(cols[1:], presets.items()):
-    col.button(label, on_click=ui.set_threshold, args=(value,), width="stretch",
-               key=f"preset-{label}")
+with st.container(horizontal=True, vertical_alignment="center"):
+    st.markdown("**Presets**", width="content")
+    for label, value in presets.items():
+        st.button(label, on_click=ui.set_threshold, args=(value,), width="content",
+                  key=f"preset-{label}")
 
 source = st.radio("Evidence", ui.evidence_options(), horizontal=True, key="evidence_split")
 data = ui.evidence(source)
@@ -38,6 +39,21 @@ for col, (key, label) in zip(st.columns(6), labels.items()):
 st.caption(f"At threshold {threshold:.3f}: {counts['fn']} of {counts['fn'] + counts['tp']} "
            f"pneumonia images missed, {counts['fp']} of {counts['fp'] + counts['tn']} normal "
            "images falsely flagged.")
+
+sample_share = float(np.mean(y)) if len(y) else 0.5
+prevalence = ui.prevalence_input(sample_share)
+ppv, npv = charts.predictive_values(at["sensitivity"], at["specificity"], prevalence)
+left, middle, right = st.columns([1.3, 1, 1])
+with left:
+    st.caption(f"PPV and NPV above are at this sample's share of pneumonia ({sample_share:.0%}). "
+               "Among the films a department reads the share is often far lower (5-20 %), and "
+               "the PPV with it. Enter yours:")
+middle.metric(f"PPV at {prevalence:.1%} prevalence", "-" if np.isnan(ppv) else f"{ppv:.1%}",
+              help="Of the films flagged PNEUMONIA, the share that has pneumonia.")
+right.metric(f"NPV at {prevalence:.1%} prevalence", "-" if np.isnan(npv) else f"{npv:.1%}",
+             help="Of the films called NORMAL, the share without pneumonia.")
+st.caption("From this threshold's sensitivity and specificity on the evidence above, by Bayes' "
+           "rule; they assume films like the sample's, only in another proportion.")
 
 left, right = st.columns([1.6, 1])
 left.plotly_chart(charts.recall_vs_threshold(y, p, threshold, at), width="stretch")

@@ -67,7 +67,7 @@ GAP_LABELS = np.array([1] * 66 + [0] * 17)
 @pytest.mark.parametrize("p, sentence", [
     (0.95, "On the test films in this range the model's estimate runs high: fewer of them had "
            "pneumonia (80 %) than this probability says."),
-    (0.9452, ""),  # 14.99 points: within the rule
+    (0.945, ""),  # 14.98 points (66 / 83 = 79.52 %): within the rule
     (0.9453, "high"),  # 15.01 points
     (0.64, "low"),  # 15.5 points under the share
     (0.70, ""),
@@ -131,3 +131,27 @@ def test_share_of_counts_first_and_never_rounds_to_all_or_none():
     assert share_of(0.0, 10) == "0 of 10 (0 %)"
     assert share_of(98 / 234, 234) == "98 of 234 (42 %)"
     assert share_of(0.5, 0) == "-"
+
+
+# --- the explorer's predictive values at a chosen prevalence (pneumo.app.charts) ---
+
+def test_predictive_values_by_hand():
+    from pneumo.app.charts import predictive_values
+
+    ppv, npv = predictive_values(0.9, 0.8, 0.1)  # 0.09 / (0.09 + 0.18), 0.72 / (0.72 + 0.01)
+    assert ppv == pytest.approx(1 / 3) and npv == pytest.approx(0.72 / 0.73)
+    assert predictive_values(0.9, 0.8, 0.5) == pytest.approx((0.9 / 1.1, 0.8 / 0.9))
+    ppv, npv = predictive_values(0.0, 1.0, 0.2)  # nothing flagged: PPV undefined
+    assert np.isnan(ppv) and npv == pytest.approx(0.8)
+
+
+def test_predictive_values_at_the_samples_own_prevalence_match_its_counts():
+    from pneumo.app.charts import predictive_values
+    from pneumo.evaluation import metrics as m
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random(400) < 0.62).astype(int)
+    probs = np.clip(labels * 0.4 + rng.random(400) * 0.6, 0, 1)
+    at = m.rates(m.confusion(labels, probs, 0.5))
+    ppv, npv = predictive_values(at["sensitivity"], at["specificity"], labels.mean())
+    assert ppv == pytest.approx(at["ppv"]) and npv == pytest.approx(at["npv"])
