@@ -95,6 +95,10 @@ def show_reading(r: reader.Reading, key: str) -> None:
     verdict = r.trust
     if verdict.state == trust.OUT_OF_SCOPE:
         st.error(verdict.reason, icon=":material/block:")
+        if verdict.code != trust.NOT_XRAY and r.quality is not None:  # e.g. lungs not found in
+            for code, message in r.quality.findings:  # a turned film: say it is turned
+                if code != quality.LOW_RESOLUTION:
+                    st.warning(message, icon=":material/screen_rotation:")
         if not st.toggle("Show the reading anyway", key=f"anyway-{key}",
                          help="Shows the probability and heat map greyed: pneumo was not "
                               "validated on images like this one."):

@@ -41,13 +41,13 @@ st.caption(f"At threshold {threshold:.3f}: {counts['fn']} of {counts['fn'] + cou
            "images falsely flagged.")
 
 sample_share = float(np.mean(y)) if len(y) else 0.5
-prevalence = ui.prevalence_input(sample_share)
-ppv, npv = charts.predictive_values(at["sensitivity"], at["specificity"], prevalence)
 left, middle, right = st.columns([1.3, 1, 1])
 with left:
+    prevalence = ui.prevalence_input(sample_share)
     st.caption(f"PPV and NPV above are at this sample's share of pneumonia ({sample_share:.0%}). "
                "Among the films a department reads the share is often far lower (5-20 %), and "
-               "the PPV with it. Enter yours:")
+               "the PPV with it.")
+ppv, npv = charts.predictive_values(at["sensitivity"], at["specificity"], prevalence)
 middle.metric(f"PPV at {prevalence:.1%} prevalence", "-" if np.isnan(ppv) else f"{ppv:.1%}",
               help="Of the films flagged PNEUMONIA, the share that has pneumonia.")
 right.metric(f"NPV at {prevalence:.1%} prevalence", "-" if np.isnan(npv) else f"{npv:.1%}",

@@ -24,6 +24,15 @@ def _app():
     return run_app()
 
 
+@pytest.fixture
+def no_scope_check(monkeypatch):
+    """No header or pixel population check: a synthetic test image is no child's chest film,
+    and the population check may put one out of scope, which hides its reading."""
+    from pneumo.app import ui
+
+    monkeypatch.setattr(ui, "scope_check", lambda: None)
+
+
 def _set_threshold(at, value: float) -> None:
     """Move the shared threshold as the sidebar slider's callback does.
 
@@ -301,16 +310,22 @@ def test_heat_map_hidden_below_threshold_until_asked():
 
 
 def test_evidence_line_beside_the_probability():
+    """The calibrated probability stays the headline; the test split's observed share is the
+    evidence line under it, and a gap of more than 15 points between them is said plainly."""
     from pneumo.evaluation.artifacts import read_predictions
-    from pneumo.reading import wording
 
     test = read_predictions("test")
     at = _app()
     data = png_bytes(synthetic_xray(300, 6))
     at.file_uploader[0].set_value(("e.png", data, "image/png")).run()
-    line = wording.evidence_line(_expected_probability(data), test.probability, test.label)
-    assert line.startswith("Of the ")
-    assert line in [c.value for c in at.caption]
+    p = _expected_probability(data)
+    line = wording.evidence_line(p, test.probability, test.label)
+    assert line.startswith("On the official test set, films scored like this one")
+    captions = [c.value for c in at.caption]
+    assert line in captions
+    gap = wording.evidence_gap(p, test.probability, test.label)
+    assert (gap in captions) if gap else not any("estimate runs" in c for c in captions)
+    _assert_shows(_shown_texts(at)[0], p)  # the headline is still the probability
 
 
 def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch):
@@ -326,7 +341,7 @@ def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch):
 
 
 @pytest.mark.parametrize("hottest", [True, False])
-def test_lung_outline_share_and_caution(monkeypatch, hottest):
+def test_lung_outline_share_and_caution(monkeypatch, no_scope_check, hottest):
     from pneumo.app import ui
     from pneumo.io.images import load_image
     from pneumo.models import explain
@@ -435,6 +450,13 @@ def test_turned_or_inverted_xray_offers_a_reading_the_right_way(shared_data, cod
     assert quality.MESSAGES[code] in [w.value for w in at.warning]
     buttons = [b for b in at.button if b.label == label]
     assert len(buttons) == 1
+    anyway = _toggle(at, "Show the reading anyway")  # a turned film may find one lung only:
+    if anyway is not None:  # out of scope, its reading withheld until asked for
+        assert _badges(at) == [] and _shown_texts(at) == []
+        anyway.set_value(True).run()
+    label_shown = _badges(at)[0][1]
+    assert "doubtful" in label_shown or "outside the validated population" in label_shown
+    buttons = [b for b in at.button if b.label == label]
     assert _badge_colours(at) == ["#8a8f98"]  # greyed out, like a "not a chest X-ray" one
     as_uploaded = _shown_texts(at)
     _assert_shows(as_uploaded[0], _expected_probability(data))
@@ -515,11 +537,217 @@ def test_worklist_reports_the_corrected_reading_once_asked_for(shared_data):
         return table[table["file"] == "turned.png"].iloc[0].to_dict()
 
     before = row()
-    assert before["corrected"] == "" and quality.MESSAGES[quality.ROT90] in before["warning"]
+    assert before["corrected"] == "" and before["trust"] != "Trusted"  # doubtful, or no lungs
+    assert before["decision"] not in ("NORMAL", "PNEUMONIA") and before["reason"]
+    assert at.dataframe[0].value.iloc[0]["file"] == "turned.png"  # flagged first
     next(b for b in at.button if b.label == "Read it turned the right way").click().run()
     assert not at.exception, at.exception
     after = row()
     assert after["corrected"] == quality.ROT90
-    assert after["probability_pneumonia"] == pytest.approx(
+    assert after["probability"] == pytest.approx(
         _expected_probability(png_bytes(upright)), abs=2e-4)
     assert quality.MESSAGES[quality.ROT90] not in after["warning"]
+
+
+# --- trust states on the card and in the worklist; readings that outlive a page change ---
+
+class _FlaggingChecker:
+    """A stand-in quality checker: the images in ``inverted`` (model inputs) are reported
+    inverted, with a corrected copy; every other image has no finding."""
+
+    available, notice = True, None
+
+    def __init__(self, inverted: list[np.ndarray]):
+        self.inverted = {image.tobytes() for image in inverted}
+
+    def check(self, images, original_sizes):
+        from pneumo.models.quality import INVERTED, MESSAGES, QualityReport
+
+        return [QualityReport(findings=[(INVERTED, MESSAGES[INVERTED])], corrected=255 - image)
+                if image.tobytes() in self.inverted else QualityReport()
+                for image in np.asarray(images)]
+
+
+def _model_input(data: bytes) -> np.ndarray:
+    from pneumo.reading import reader
+
+    return reader.decode_file("x.png", data).model_input
+
+
+def _scope_by_name(monkeypatch, prefix: str = "adult"):
+    """Files whose name starts with ``prefix`` are out of scope (the pixel check's verdict)."""
+    from pneumo.app import ui
+    from pneumo.reading import scope
+
+    verdict = scope.Verdict(scope.LOOKS_OLDER, scope.REASONS[scope.LOOKS_OLDER])
+    monkeypatch.setattr(ui, "scope_check",
+                        lambda: lambda r: verdict if r.name.startswith(prefix) else None)
+    return verdict
+
+
+def test_out_of_scope_card_withholds_the_reading_until_asked(monkeypatch):
+    from pneumo.app import ui
+
+    verdict = _scope_by_name(monkeypatch)
+    at = _app()
+    at.file_uploader[0].set_value(("adult.png", png_bytes(synthetic_xray(300, 30)),
+                                   "image/png")).run()
+    _set_threshold(at, 0.0)  # at or above: a trusted reading would show its badge and heat map
+    assert not at.exception, at.exception
+    assert verdict.reason in [e.value for e in at.error]  # why, in one sentence, as an error
+    assert _badges(at) == [] and _shown_texts(at) == []  # no decision, no big probability
+    assert not any("overlay" in c for c in _captions(at))  # no heat map
+    assert _captions(at).count("As uploaded: no reading shown") == 1  # the film itself, greyed
+
+    _toggle(at, "Show the reading anyway").set_value(True).run()
+    assert not at.exception, at.exception
+    assert len(_shown_texts(at)) == 1
+    ((colour, text),) = _badges(at)
+    assert colour == ui.MUTED_COLOUR and text.endswith("outside the validated population")
+    assert any(ui.OUTSIDE_POPULATION in md.value for md in at.markdown if "Reading" in md.value)
+    assert not any("inside the lungs" in md.value for md in at.markdown)
+
+
+def test_a_non_xray_gets_no_correction_button_and_no_lung_share(monkeypatch):
+    from pneumo.app import ui
+    from pneumo.models import ood
+
+    data = png_bytes(synthetic_xray(300, 31))
+    seg = _CamSegmenter(True)
+    monkeypatch.setattr(ui, "segmenter", lambda: seg)
+    monkeypatch.setattr(ui, "scope_check", lambda: None)
+    monkeypatch.setattr(ui, "ood_detector", lambda: lambda r: ood.WARNING)
+    monkeypatch.setattr(ui, "quality_checker", lambda: _FlaggingChecker([_model_input(data)]))
+    at = _app()
+    at.file_uploader[0].set_value(("cat.png", data, "image/png")).run()
+    _set_threshold(at, 0.0)
+    assert ood.WARNING in [e.value for e in at.error]
+    _toggle(at, "Show the reading anyway").set_value(True).run()
+    assert not at.exception, at.exception
+    assert len(_shown_texts(at)) == 1 and _badge_colours(at) == [ui.MUTED_COLOUR]
+    assert not any(b.label.startswith("Read ") for b in at.button)  # nothing to turn back
+    assert not any("inside the lungs" in md.value for md in at.markdown)
+    assert not any("inverted" in w.value for w in at.warning)
+
+
+def test_doubtful_card_is_greyed_and_its_decision_qualified(monkeypatch):
+    from pneumo.app import ui
+
+    data = png_bytes(synthetic_xray(300, 32))
+    monkeypatch.setattr(ui, "scope_check", lambda: None)
+    monkeypatch.setattr(ui, "quality_checker", lambda: _FlaggingChecker([_model_input(data)]))
+    at = _app()
+    at.file_uploader[0].set_value(("inv.png", data, "image/png")).run()
+    for t in (0.0, 1.0):
+        _set_threshold(at, t)
+        ((colour, text),) = _badges(at)
+        assert colour == ui.MUTED_COLOUR
+        assert text == ("PNEUMONIA" if t == 0.0 else "NORMAL") + " as uploaded \u2014 doubtful"
+    assert [b.label for b in at.button if b.label.startswith("Read ")] == ["Read the inverted image"]
+
+
+def test_worklist_lists_flagged_films_first_never_with_a_bare_decision(monkeypatch):
+    from pneumo.app import ui
+    from pneumo.reading import reader
+
+    trusted = [png_bytes(synthetic_xray(300, 40 + i)) for i in range(5)]
+    doubtful = png_bytes(synthetic_xray(300, 50))
+    adult = png_bytes(synthetic_xray(300, 51))
+    _scope_by_name(monkeypatch)
+    monkeypatch.setattr(ui, "quality_checker", lambda: _FlaggingChecker([_model_input(doubtful)]))
+    at = _app()
+    at.file_uploader[0].set_value(
+        [(f"t{i}.png", d, "image/png") for i, d in enumerate(trusted[:3])]
+        + [("inv.png", doubtful, "image/png"), ("adult.png", adult, "image/png"),
+           ("broken.png", b"not an image", "image/png")]
+        + [(f"t{i}.png", d, "image/png") for i, d in enumerate(trusted[3:], 3)]).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["trust"][:3]) == ["Doubtful", "Out of scope", "Not read"]
+    assert set(table["trust"][3:]) == {"Trusted"}
+    assert list(table["file"][:3]) == ["inv.png", "adult.png", "broken.png"]
+    for _, row in table.iterrows():
+        bare = row["decision"] in ("NORMAL", "PNEUMONIA")
+        assert bare == (row["trust"] == "Trusted"), row.to_dict()
+        assert bool(row["reason"]) == (row["trust"] != "Trusted")
+    rest = list(table["probability"][3:])
+    assert rest == sorted(rest, reverse=True)  # then the highest probability first
+    assert table["probability"].dtype.kind == "f"  # a number, shown as text
+    # each card is linked from its row; the flagged ones are listed with their reason in full
+    assert all(link.startswith("#card-") for link in table["card"][table["trust"] != "Not read"])
+    flagged = next(md.value for md in at.markdown if md.value.startswith("**Flagged**"))
+    assert "inv.png" in flagged.replace("\\", "") and "adult.png" in flagged.replace("\\", "")
+    # the filter
+    at.toggle(key="flagged_only").set_value(True).run()
+    assert list(at.dataframe[0].value["file"]) == ["inv.png", "adult.png", "broken.png"]
+    # the CSV keeps the batch command's columns
+    assert list(ui.csv_rows([{k: None for k in reader.RESULT_COLUMNS} | {"extra": 1}])[0]) == \
+        list(reader.RESULT_COLUMNS)
+
+
+def test_readings_survive_a_page_change_without_reading_again(no_scope_check):
+    from pneumo.app import ui
+
+    queue = ui.explainer()
+    at = _app()
+    files = [(f"s{i}.png", png_bytes(synthetic_xray(280, 60 + i)), "image/png") for i in range(3)]
+    at.file_uploader[0].set_value(files).run()
+    assert queue.wait_ready(300)
+    before_batches, before = sum(queue.batches), _shown_texts(at)
+    assert len(before) == 3
+
+    at.switch_page(EXPLORER_PAGE).run()
+    _set_threshold(at, 0.3)
+    at.switch_page(READ_PAGE).run()
+    assert not at.exception, at.exception
+    assert _shown_texts(at) == before  # every reading back, in the same order
+    assert sum(queue.batches) == before_batches  # and none read again
+    assert len(at.dataframe) == 1
+    assert any("no longer in the upload box" in c.value for c in at.caption)
+
+    # the box is empty now; a file added and removed again is forgotten, the others stay
+    extra = ("extra.png", png_bytes(synthetic_xray(280, 70)), "image/png")
+    at.file_uploader[0].set_value([extra]).run()
+    assert len(_shown_texts(at)) == 4
+    at.file_uploader[0].set_value([]).run()
+    assert len(_shown_texts(at)) == 3
+    next(b for b in at.button if b.label == "Forget these readings").click().run()
+    assert _shown_texts(at) == [] and any("No images yet" in i.value for i in at.info)
+    assert at.session_state[ui.READINGS_KEY] == {}
+
+
+def test_a_direct_first_visit_to_the_explorer_builds_the_whole_app():
+    """A bookmarked /threshold_explorer opened before the home page: Streamlit would run the
+    page alone (its pages/ folder listing); it gets the app's sidebar and notes all the same."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
+    at.switch_page(EXPLORER_PAGE).run()
+    assert not at.exception, at.exception
+    assert [s.label for s in at.sidebar.slider] == ["Decision threshold on P(pneumonia)"]
+    assert any("not a diagnosis" in c.value for c in at.sidebar.caption)
+    assert [t.value for t in at.title] == ["Threshold explorer"]  # the page, once
+    assert _caption_counts(at)  # and its content
+    at.run()
+    assert [s.label for s in at.sidebar.slider] == ["Decision threshold on P(pneumonia)"]
+
+
+def test_explorer_prevalence_gives_ppv_and_npv():
+    from pneumo.app.charts import predictive_values
+    from pneumo.evaluation.artifacts import read_predictions
+
+    test = read_predictions("test")
+    at = _app()
+    at.switch_page(EXPLORER_PAGE).run()
+    _set_threshold(at, 0.5)
+    box = at.number_input(key="prevalence_input")
+    assert box.value == pytest.approx(round(test.label.mean() * 100, 1))  # the test split's
+    box.set_value(10.0).run()
+    rates = m.rates(m.confusion(test.label, test.probability, 0.5))
+    ppv, npv = predictive_values(rates["sensitivity"], rates["specificity"], 0.10)
+    shown = {x.label: x.value for x in at.metric}
+    assert shown["PPV at 10.0% prevalence"] == f"{ppv:.1%}"
+    assert shown["NPV at 10.0% prevalence"] == f"{npv:.1%}"
+    labels = [b.label for b in at.button if b.key and b.key.startswith("preset-")]
+    default = [label for label in labels if "default" in label]
+    assert len(default) == 1 and not default[0].startswith("0.5")  # the slider starts there

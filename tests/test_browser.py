@@ -91,7 +91,7 @@ def _real_xrays(n: int) -> list[tuple[str, bytes]]:
 
 def _open_reader(page, url: str) -> None:
     page.goto(url)
-    page.get_by_text("Chest X-rays (PNG").first.wait_for(timeout=120_000)
+    page.get_by_text("Chest X-rays: DICOM").first.wait_for(timeout=120_000)
     page.locator('input[type="file"]').first.wait_for(state="attached", timeout=60_000)
 
 

@@ -774,9 +774,9 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
         "decision": col.TextColumn(
             "Decision", help="PNEUMONIA or NORMAL only for a trusted reading."),
         "trust": col.TextColumn("Trust"),
+        "card": col.LinkColumn("Card", display_text="Open card"),
         "reason": col.TextColumn("Why flagged", width="large",
                                  help="In full in the list under the table and on the card."),
-        "card": col.LinkColumn("Card", display_text="Open card"),
         "threshold": col.NumberColumn("Threshold"),
         "corrected": col.TextColumn("Corrected by pneumo"),
         "warning": col.TextColumn("All warnings and notes", width="large"),
