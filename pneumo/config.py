@@ -62,6 +62,7 @@ LUNG_BATCH_SIZE = 16
 LUNG_LEARNING_RATE = 2e-3
 LUNG_VAL_FRACTION = 0.15  # of the fitting pairs, held out to pick the checkpoint
 LUNG_AREA_RANGE = (0.10, 0.65)  # plausible share of the image covered by both lungs
+LUNG_MIN_SIDE_SHARE = 0.2  # less of the lung mask than this on one image half: one lung only (issue #20)
 LUNG_CAUTION_SHARE = 0.5  # below this share of heat-map mass inside the lungs, say so
 
 # Evaluation.

@@ -210,3 +210,65 @@ def test_an_out_of_scope_reading_warns_with_its_reason_only():
     r = _reading(ood_warning="not an x-ray", quality=_quality(INVERTED))
     assert r.warnings[0] == "not an x-ray"
     assert f"message {INVERTED}" not in r.warnings  # no "inverted" on what is not an X-ray
+
+
+# --- the image fixes of issue #20, through the bundled models --------------------------------
+
+def test_a_mask_on_one_half_is_one_lung_and_a_pair_is_fine():
+    from pneumo.models.lungs import NO_LUNGS_WARNING, ONE_LUNG_WARNING, LungFields
+
+    pair = np.zeros((224, 224), bool)
+    pair[40:180, 30:100] = pair[40:180, 124:194] = True
+    one = np.zeros((224, 224), bool)
+    one[40:200, 20:110] = True
+    assert LungFields(pair, float(pair.mean()), 2).problem is None
+    assert LungFields(one, float(one.mean()), 1).problem == ONE_LUNG_WARNING
+    assert LungFields(one, float(one.mean()), 1).lesser_side_share == 0.0
+    assert LungFields(np.zeros((224, 224), bool), 0.0, 0).problem == NO_LUNGS_WARNING
+
+
+@pytest.fixture(scope="module")
+def pipeline(bundled_model_dir):
+    from pneumo.cli.loaders import load_quality_checker, load_scope_check, load_segmenter
+    from pneumo.models import ood
+    from pneumo.models.runtime import load_explainer
+
+    checks = dict(ood_check=ood.load_detector(), segmenter=load_segmenter(),
+                  quality_checker=load_quality_checker(), scope_check=load_scope_check())
+    explainer = load_explainer()
+    return lambda files: reader.read_batch(files, explainer, **checks)
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_a_blank_image_is_not_a_chest_xray_and_not_inverted(pipeline, value):
+    r = pipeline([("blank.png", gen.encode(np.full((400, 400), value, np.uint8), "PNG"))])[0]
+    assert r.trust.state == trust.OUT_OF_SCOPE and r.trust.code == trust.NOT_XRAY
+    assert not any("inverted" in w for w in r.warnings)
+    assert reader.result_row(r, 0.5)["decision"] == "OUT OF SCOPE"
+
+
+def test_turned_children_stay_doubtful_and_are_not_called_older(pipeline, shared_data):
+    """Checks on a turned or inverted film judge its corrected copy: a child's film upside down
+    is offered its corrected reading, not called "older" or "not a chest X-ray"."""
+    from PIL import Image
+
+    files = []
+    for path in sorted((shared_data / "test" / "NORMAL").glob("*.jpeg"))[:4]:
+        grey = np.asarray(Image.open(path).convert("L"))
+        for name, turned in (("inv", 255 - grey), ("rot90", np.rot90(grey)), ("ud", grey[::-1])):
+            files.append((f"{path.name}-{name}.png", gen.encode(np.ascontiguousarray(turned), "PNG")))
+    states = [r.trust.state for r in pipeline(files)]
+    assert states.count(trust.DOUBTFUL) >= len(files) - 1, states
+
+
+def test_nih_adults_are_out_of_scope_and_test_children_are_not(pipeline, shared_data):
+    """A handful of each, through the whole path: the figures are in benchmarks/scope_check.py."""
+    older = shared_data.parent / "nih_cxr14_sample" / "NO_FINDING"
+    if not older.is_dir():
+        pytest.skip("no ../shared/data/nih_cxr14_sample")
+    adults = sorted(older.glob("*.jpeg"))[:8]
+    children = sorted((shared_data / "test" / "NORMAL").glob("*.jpeg"))[:8]
+    readings = pipeline([(p.name, p.read_bytes()) for p in adults + children])
+    flagged_adults = sum(r.trust.state == trust.OUT_OF_SCOPE for r in readings[:8])
+    flagged_children = sum(r.trust.state == trust.OUT_OF_SCOPE for r in readings[8:])
+    assert flagged_adults >= 6 and flagged_children <= 1

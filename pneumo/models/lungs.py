@@ -22,6 +22,8 @@ from pneumo.data.lung_masks import resize_mask
 
 NO_LUNGS_WARNING = ("No plausible lung fields were found in this image. It may not be a frontal "
                     "chest X-ray, or it is cut off, rotated or inverted.")
+ONE_LUNG_WARNING = ("Only one lung field was found: the image may be cut off or show one side "
+                    "only. pneumo reads frontal chest X-rays showing both lungs.")
 OUTSIDE_LUNGS_CAUTION = ("Most of the heat map lies outside the lungs: the score was driven by "
                          "regions outside the lungs; read with care.")
 
@@ -84,11 +86,23 @@ class LungFields:
     components: int
 
     @property
+    def lesser_side_share(self) -> float:
+        """Share of the mask on the image half that holds less of it (0.5: balanced; 0: one side)."""
+        total = float(self.mask.sum())
+        if total == 0:
+            return 0.0
+        left = float(self.mask[:, : self.mask.shape[1] // 2].sum())
+        return min(left, total - left) / total
+
+    @property
     def problem(self) -> str | None:
-        """A warning when the mask is not a plausible pair of lungs, else None."""
+        """A warning when the mask is not a plausible pair of lungs, else None: no lungs, an
+        implausible area, or (nearly) all of it on one half of the image."""
         lo, hi = config.LUNG_AREA_RANGE
         if self.components == 0 or not lo <= self.area <= hi:
             return NO_LUNGS_WARNING
+        if self.lesser_side_share < config.LUNG_MIN_SIDE_SHARE:
+            return ONE_LUNG_WARNING
         return None
 
     def outline(self, height: int, width: int) -> np.ndarray:

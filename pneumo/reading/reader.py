@@ -275,8 +275,36 @@ def check_decoded(
             for reading, report in zip(chunk, _quality_reports(quality_checker, chunk, images)):
                 reading.quality = report
     _run_checks(good, ood_check, scope_check)
+    _judge_turned_films_by_their_corrected_copy(good, explainer, ood_check, segmenter, scope_check,
+                                                batch_size)
     if progress:
         progress(1.0, f"Read {len(good)} of {len(readings)} files")
+
+
+def _judge_turned_films_by_their_corrected_copy(readings: list[Reading], explainer, ood_check,
+                                                segmenter, scope_check, batch_size: int) -> None:
+    """A film the quality check found turned, flipped or inverted is a chest X-ray of the
+    population or not whatever way up it was uploaded: its "not a chest X-ray", lung-field and
+    scope checks are those of the corrected copy (one more batched pass, for those films only).
+    So a turned child's film stays *doubtful* (its corrected reading offered) and is not called
+    "older" or "not a chest X-ray" for being upside down; a blank image or a half film whose
+    "inverted" copy is no chest X-ray either stays out of scope."""
+    turned = [r for r in readings
+              if r.quality is not None and r.quality.corrected is not None and r.ok]
+    for start in range(0, len(turned), batch_size):
+        chunk = turned[start:start + batch_size]
+        shadows = [Reading(name=r.name, digest=r.digest, header=r.header,
+                           model_input=np.ascontiguousarray(r.quality.corrected),
+                           quality=type(r.quality)(low_resolution=r.quality.low_resolution,
+                                                   original_size=r.quality.original_size))
+                   for r in chunk]
+        _explain_chunk(shadows, explainer, segmenter)
+        _run_checks(shadows, ood_check, scope_check)
+        for reading, shadow in zip(chunk, shadows):
+            reading.ood_warning, reading.scope = shadow.ood_warning, shadow.scope
+            reading.older_score = shadow.older_score
+            if segmenter is not None:
+                reading.lung_warning = shadow.lung_warning
 
 
 def _explain_chunk(chunk: list[Reading], explainer, segmenter=None) -> np.ndarray:
