@@ -254,6 +254,69 @@ def heatmaps_only(args, parser) -> None:
     print("\n".join(format_follow(figures)))
 
 
+def scope_section(samples: list[Sample], weights: Path, threshold: float,
+                  batch_size: int = 32) -> dict:
+    """The ``scope`` section of metrics.json: every test image through the app's reading path
+    and checks (:func:`pneumo.reading.reader.read_batch`, trust states of
+    :mod:`pneumo.reading.trust`); the share given each verdict, and the classifier's figures at
+    ``threshold`` on all read images and on the trusted ones."""
+    from collections import Counter
+
+    from pneumo.cli.loaders import load_quality_checker, load_segmenter
+    from pneumo.evaluation.metrics import metrics_at, roc_auc
+    from pneumo.models import ood
+    from pneumo.models.population import load_population, population_file
+    from pneumo.models.runtime import load_explainer
+    from pneumo.reading import trust
+    from pneumo.reading.reader import read_batch
+    from pneumo.reading.scope import ScopeCheck
+
+    explainer = load_explainer(weights / config.MODEL_FILE)
+    checks = dict(ood_check=ood.load_detector(artifacts.ood_file(weights)), segmenter=load_segmenter(),
+                  quality_checker=load_quality_checker(),
+                  scope_check=ScopeCheck(load_population(population_file(weights))))
+    readings = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        readings += read_batch([(s.filename, s.path.read_bytes()) for s in chunk], explainer,
+                               batch_size=batch_size, **checks)
+    labels = np.array([s.label for s in samples])
+    p = np.array([r.probability if r.ok else np.nan for r in readings])
+    states = Counter(r.trust.state for r in readings)
+    reasons = Counter(r.trust.code for r in readings if r.trust.state == trust.OUT_OF_SCOPE)
+    section = {"n": len(readings), "threshold": threshold,
+               "share": {state: states[state] / len(readings) for state in trust.STATES},
+               "out_of_scope_by_reason": dict(sorted(reasons.items())),
+               "population_check": checks["scope_check"].population is not None}
+    for name, keep in (("all_read", np.isfinite(p)),
+                       ("trusted", np.array([r.ok and r.trust.trusted for r in readings]))):
+        m = metrics_at(labels[keep], p[keep], threshold)
+        section[name] = {"n": int(keep.sum()), "auc": roc_auc(labels[keep], p[keep]),
+                         **{k: m[k] for k in ("accuracy", "sensitivity", "specificity")}}
+    return section
+
+
+def format_scope(section: dict) -> list[str]:
+    if not section:
+        return []
+    share = section["share"]
+    t = section["trusted"]
+    return [f"scope (test split, app path): trusted {share['trusted']:.1%}, doubtful "
+            f"{share['doubtful']:.1%}, out of scope {share['out_of_scope']:.1%} "
+            f"{section['out_of_scope_by_reason']}",
+            f"  on the {t['n']} trusted images at {section['threshold']:.3f}: AUC {t['auc']:.4f}, "
+            f"accuracy {t['accuracy']:.4f}, sensitivity {t['sensitivity']:.4f}, specificity "
+            f"{t['specificity']:.4f}"]
+
+
+def scope_only(args) -> None:
+    """``--scope-only``: the ``scope`` section of an existing metrics.json, nothing else."""
+    section = scope_section(load_splits(args.data)["test"], args.weights,
+                            artifacts.recommended_threshold(args.weights))
+    artifacts.update_metrics_section("scope", section, args.weights)
+    print("\n".join(format_scope(section)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pneumo.evaluate", description="Evaluate pneumo's model on val and test.")
@@ -273,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="compute only whether the heat maps follow the film (flip "
                              "equivariance, side preference, diversity, occlusion) on val and "
                              "test and put them in the existing metrics.json's heatmaps section")
+    parser.add_argument("--scope-only", action="store_true",
+                        help="run only the test split through the app's checks and put the "
+                             "'scope' section (verdict shares, figures on trusted images) in the "
+                             "existing metrics.json")
     args = parser.parse_args(argv)
 
     from pneumo.models.classifier import load_model, model_problem
@@ -283,6 +350,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.heatmaps_only:
         heatmaps_only(args, parser)
+        return
+    if args.scope_only:
+        scope_only(args)
         return
     model = load_model(args.weights / config.MODEL_FILE)
     explainer = CamExplainer(model)
@@ -307,8 +377,11 @@ def main(argv: list[str] | None = None) -> None:
         metrics["ood"] = previous_ood
     else:
         metrics["ood"] = fit_ood(model, splits["train"], results, args.weights)
+    metrics["scope"] = scope_section(splits["test"], args.weights,
+                                     artifacts.round_threshold(metrics["thresholds"]["recommended"]))
     artifacts.write_metrics(metrics, args.weights)
     print(format_table(metrics))
+    print("\n".join(format_scope(metrics["scope"])))
 
 
 if __name__ == "__main__":
