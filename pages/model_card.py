@@ -23,7 +23,10 @@ st.markdown(
     "- **Heat maps** show which regions raised the pneumonia score. They are not a segmentation "
     "of the lesion and can highlight irrelevant structures; the table below says how often "
     "they fall on the lungs.\n"
-    "- Images that do not look like chest X-rays are flagged, and their probability greyed out."
+    "- Images that do not look like chest X-rays, or look out of the intended population (older "
+    "children and adults, other views or body parts from the DICOM header), get no reading "
+    "unless asked for, then greyed; turned, flipped or inverted films are greyed as doubtful "
+    "with a corrected reading offered."
 )
 
 training = ui.training()
@@ -56,6 +59,15 @@ for column, split in zip(columns, ("val", "test")):
         column.plotly_chart(charts.reliability_diagram(
             predictions.label, predictions.probability, config.CALIBRATION_BINS,
             split="validation" if split == "val" else "official test"), width="stretch")
+st.caption(
+    "Why a film's card can show two numbers that differ: the headline probability is calibrated on "
+    "the validation split (carved from the official training images), and the evidence line under "
+    "it counts what happened on the official test set, whose normal films are known to be "
+    "harder (specificity on test is lower than on validation). Where the two differ by more than "
+    "15 points "
+    "the card says the estimate runs high (or low) in that range. Nothing is refitted on the test "
+    "set, which would make its figures meaningless; the remedy is a site calibration on the "
+    "department's own labelled films.")
 if local:
     columns[2].plotly_chart(charts.reliability_diagram(
         *local.sample(), config.CALIBRATION_BINS, split=f"{local.site}, site-calibrated"),

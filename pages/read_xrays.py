@@ -85,6 +85,7 @@ if len(readings) > 1:
              if row["flagged"] and row["trust"] != trust.NOT_READ]  # errors are listed above
     if lines:
         st.markdown("**Flagged** (the link opens the card)\n" + "\n".join(lines))
+    st.markdown(ui.card_links(rows, current))
     st.download_button("Download worklist (CSV)", ui.rows_to_csv(ui.csv_rows(rows)),
                        "pneumo_worklist.csv", "text/csv", on_click="ignore",
                        icon=":material/download:")

@@ -25,12 +25,16 @@ def _app():
 
 
 @pytest.fixture
-def no_scope_check(monkeypatch):
-    """No header or pixel population check: a synthetic test image is no child's chest film,
-    and the population check may put one out of scope, which hides its reading."""
+def synthetic_films(monkeypatch):
+    """The checks a synthetic test image is no subject for (not a chest X-ray, the header and
+    pixel population checks, orientation and grey scale) are off, so a test of the page itself
+    sees its reading as trusted; the resolution check stays. Real films keep every check."""
     from pneumo.app import ui
+    from pneumo.models.quality import QualityChecker
 
     monkeypatch.setattr(ui, "scope_check", lambda: None)
+    monkeypatch.setattr(ui, "ood_detector", lambda: None)
+    monkeypatch.setattr(ui, "quality_checker", lambda: QualityChecker())
 
 
 def _set_threshold(at, value: float) -> None:
@@ -84,7 +88,7 @@ def _decisions(at) -> list[str]:
     return [text.split()[0] for _, text in _badges(at)]
 
 
-def test_upload_shows_probability_overlay_and_errors():
+def test_upload_shows_probability_overlay_and_errors(synthetic_films):
     at = _app()
     good = png_bytes(synthetic_xray(300, 1))
     other = png_bytes(synthetic_xray(260, 2))
@@ -106,10 +110,11 @@ def test_upload_shows_probability_overlay_and_errors():
     assert len(at.dataframe) == 1  # the worklist
     table = at.dataframe[0].value
     assert table["probability"].dtype.kind == "f"  # a number: a header click sorts numbers
-    assert [wording.probability_text(p) for p in table["probability"][:2]] == shown
+    assert list(table["trust"]) == ["Not read", "Trusted", "Trusted"]  # flagged first
+    assert [wording.probability_text(p) for p in table["probability"][1:]] == shown
 
 
-def test_one_inference_queue_per_server_loaded_as_it_starts():
+def test_one_inference_queue_per_server_loaded_as_it_starts(synthetic_films):
     """The entry script starts the server's one queue (the model loads in the background); every
     session's reading goes through that same queue, in batches, with the serving runtime."""
     from pneumo.app import ui
@@ -129,7 +134,7 @@ def test_one_inference_queue_per_server_loaded_as_it_starts():
     assert _app() is not None and ui.explainer() is queue  # a second session: the same queue
 
 
-def test_threshold_moves_the_decision():
+def test_threshold_moves_the_decision(synthetic_films):
     at = _app()
     data = png_bytes(synthetic_xray(300, 3))
     at.file_uploader[0].set_value(("x.png", data, "image/png")).run()
@@ -157,7 +162,7 @@ def test_explorer_confusion_counts_follow_the_threshold():
     assert len(at.get("plotly_chart")) >= 7
 
 
-def test_presets_set_the_shared_slider_and_other_pages_follow():
+def test_presets_set_the_shared_slider_and_other_pages_follow(synthetic_films):
     import json
 
     metrics = json.loads(config.weights_path(config.METRICS_FILE).read_text())
@@ -204,7 +209,7 @@ def _tree_state(folder) -> set[tuple[str, float]]:
     return out
 
 
-def test_a_batch_writes_nothing_to_disk_and_connects_nowhere(monkeypatch, tmp_path):
+def test_a_batch_writes_nothing_to_disk_and_connects_nowhere(monkeypatch, tmp_path, synthetic_films):
     """Uploads stay in memory, and no socket leaves the machine while a batch is read."""
     import socket
     import tempfile
@@ -290,7 +295,7 @@ class _CamSegmenter:
         return out
 
 
-def test_heat_map_hidden_below_threshold_until_asked():
+def test_heat_map_hidden_below_threshold_until_asked(synthetic_films):
     at = _app()
     data = png_bytes(synthetic_xray(300, 5))
     at.file_uploader[0].set_value(("z.png", data, "image/png")).run()
@@ -309,7 +314,7 @@ def test_heat_map_hidden_below_threshold_until_asked():
     assert any("relative to each image" in c for c in _captions(at))
 
 
-def test_evidence_line_beside_the_probability():
+def test_evidence_line_beside_the_probability(synthetic_films):
     """The calibrated probability stays the headline; the test split's observed share is the
     evidence line under it, and a gap of more than 15 points between them is said plainly."""
     from pneumo.evaluation.artifacts import read_predictions
@@ -328,7 +333,7 @@ def test_evidence_line_beside_the_probability():
     _assert_shows(_shown_texts(at)[0], p)  # the headline is still the probability
 
 
-def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch):
+def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch, synthetic_films):
     from pneumo.app import ui
 
     monkeypatch.setattr(ui, "segmenter", lambda: None)
@@ -341,7 +346,7 @@ def test_without_a_lung_model_the_lung_features_are_hidden(monkeypatch):
 
 
 @pytest.mark.parametrize("hottest", [True, False])
-def test_lung_outline_share_and_caution(monkeypatch, no_scope_check, hottest):
+def test_lung_outline_share_and_caution(monkeypatch, synthetic_films, hottest):
     from pneumo.app import ui
     from pneumo.io.images import load_image
     from pneumo.models import explain
@@ -505,7 +510,7 @@ def test_a_64_px_radiograph_gets_the_low_resolution_note_not_the_ood_message(sha
     assert len(_shown_texts(at)) == 1
 
 
-def test_quality_notice_shown_once_when_the_network_is_missing(monkeypatch):
+def test_quality_notice_shown_once_when_the_network_is_missing(monkeypatch, synthetic_films):
     from pneumo.app import ui
     from pneumo.models.quality import QualityChecker
 
@@ -563,7 +568,7 @@ class _FlaggingChecker:
     def check(self, images, original_sizes):
         from pneumo.models.quality import INVERTED, MESSAGES, QualityReport
 
-        return [QualityReport(findings=[(INVERTED, MESSAGES[INVERTED])], corrected=255 - image)
+        return [QualityReport(findings=[(INVERTED, MESSAGES[INVERTED])], corrected=image.copy())
                 if image.tobytes() in self.inverted else QualityReport()
                 for image in np.asarray(images)]
 
@@ -580,6 +585,7 @@ def _scope_by_name(monkeypatch, prefix: str = "adult"):
     from pneumo.reading import scope
 
     verdict = scope.Verdict(scope.LOOKS_OLDER, scope.REASONS[scope.LOOKS_OLDER])
+    monkeypatch.setattr(ui, "ood_detector", lambda: None)  # synthetic films: no other verdict
     monkeypatch.setattr(ui, "scope_check",
                         lambda: lambda r: verdict if r.name.startswith(prefix) else None)
     return verdict
@@ -635,6 +641,7 @@ def test_doubtful_card_is_greyed_and_its_decision_qualified(monkeypatch):
 
     data = png_bytes(synthetic_xray(300, 32))
     monkeypatch.setattr(ui, "scope_check", lambda: None)
+    monkeypatch.setattr(ui, "ood_detector", lambda: None)
     monkeypatch.setattr(ui, "quality_checker", lambda: _FlaggingChecker([_model_input(data)]))
     at = _app()
     at.file_uploader[0].set_value(("inv.png", data, "image/png")).run()
@@ -674,7 +681,11 @@ def test_worklist_lists_flagged_films_first_never_with_a_bare_decision(monkeypat
     assert rest == sorted(rest, reverse=True)  # then the highest probability first
     assert table["probability"].dtype.kind == "f"  # a number, shown as text
     # each card is linked from its row; the flagged ones are listed with their reason in full
-    assert all(link.startswith("#card-") for link in table["card"][table["trust"] != "Not read"])
+    cards = next(md.value for md in at.markdown if md.value.startswith("**Cards**"))
+    anchors = re.findall(r"\(#(card-[^)]+)\)", cards)
+    assert len(anchors) == 7  # every readable film, none for the broken file
+    headers = [h.proto.anchor for h in at.subheader if h.proto.anchor.startswith("card-")]
+    assert anchors == headers  # each link lands on its card, cards in the worklist's order
     flagged = next(md.value for md in at.markdown if md.value.startswith("**Flagged**"))
     assert "inv.png" in flagged.replace("\\", "") and "adult.png" in flagged.replace("\\", "")
     # the filter
@@ -685,7 +696,7 @@ def test_worklist_lists_flagged_films_first_never_with_a_bare_decision(monkeypat
         list(reader.RESULT_COLUMNS)
 
 
-def test_readings_survive_a_page_change_without_reading_again(no_scope_check):
+def test_readings_survive_a_page_change_without_reading_again(synthetic_films):
     from pneumo.app import ui
 
     queue = ui.explainer()

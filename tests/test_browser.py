@@ -116,6 +116,37 @@ def _pneumonia_xray() -> tuple[str, bytes]:
     return _real_xrays(1)[0]
 
 
+def test_a_direct_first_link_gets_the_whole_app(server, browser):
+    """First in this module, on a fresh server: a bookmarked /threshold_explorer opened before
+    the home page gets the app's navigation, the threshold slider and the intended-use note (not
+    Streamlit's automatic list of the pages/ folder)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page()
+    page.goto(f"{server['url']}/threshold_explorer")
+    page.get_by_text("Per-class recall against the threshold").first.wait_for(timeout=120_000)
+    assert page.get_by_text("Decision threshold on P(pneumonia)").count() == 1
+    assert page.get_by_text("It is not a diagnosis").count() == 1
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    assert "Read X-rays" in nav and "Model card" in nav and "streamlit app" not in nav.lower()
+    page.screenshot(path=str(ARTIFACTS / "explorer_direct_link.png"), full_page=False)
+    page.close()
+
+
+def test_readings_survive_a_page_change(server, browser):
+    page = browser.new_page()
+    _open_reader(page, server["url"])
+    _upload(page, _real_xrays(3))
+    _wait_for_results(page, 3)
+    before = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Threshold explorer").click()
+    page.get_by_text("Per-class recall against the threshold").first.wait_for(timeout=60_000)
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Read X-rays").click()
+    page.get_by_text("no longer in the upload box").first.wait_for(timeout=60_000)
+    _wait_for_results(page, 3)
+    assert page.locator('[data-testid="stMetricValue"]').all_inner_texts() == before
+    page.close()
+
+
 def test_upload_real_xray_shows_probability_and_overlay(server, browser):
     from pneumo.io.images import load_image
     from pneumo.models.classifier import Predictor, load_model

@@ -692,7 +692,7 @@ def card_decision(reading: Reading, threshold: float) -> tuple[str, bool]:
 
 def decision_badge(decision: str, threshold: float, muted: bool = False) -> str:
     colour = MUTED_COLOUR if muted else DECISION_COLOURS[decision]
-    return (f'<span style="background:{colour};color:white;padding:0.25rem 0.7rem;'
+    return (f'<span style="background:{colour};color:white;display:inline-block;padding:0.25rem 0.7rem;'
             f'border-radius:0.4rem;font-weight:700;letter-spacing:0.03em">'
             f'{html.escape(decision)}</span>'
             f'<span style="color:#555;margin-left:0.6rem">at threshold {threshold:.3f}</span>')
@@ -746,7 +746,8 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
 
     ``rows``: :func:`pneumo.reading.reader.worklist_rows` of ``readings`` (flagged first). The
     probability stays a number (a header click sorts by it) shown as :func:`probability_text`;
-    flagged rows are tinted; each row links to its card.
+    flagged rows are tinted. (No link column: Streamlit opens those in a new tab, a new session
+    without these readings; :func:`card_links` links every card in the page instead.)
     """
     import pandas as pd
 
@@ -754,9 +755,8 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
     frame = pd.DataFrame([{
         "file": row["file"], "probability": row["probability_pneumonia"],
         "decision": row["decision"], "trust": row["trust_label"], "reason": row["reason"],
-        "card": f"#{card_anchor(readings[row['index']])}" if readings[row["index"]].ok else None,
         "threshold": row["threshold"], "corrected": row["corrected"], "warning": row["warning"],
-    } for row in chosen], columns=["file", "probability", "decision", "trust", "reason", "card",
+    } for row in chosen], columns=["file", "probability", "decision", "trust", "reason",
                                    "threshold", "corrected", "warning"])
     trusted = trust_states.LABELS[trust_states.TRUSTED]
 
@@ -774,7 +774,6 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
         "decision": col.TextColumn(
             "Decision", help="PNEUMONIA or NORMAL only for a trusted reading."),
         "trust": col.TextColumn("Trust"),
-        "card": col.LinkColumn("Card", display_text="Open card"),
         "reason": col.TextColumn("Why flagged", width="large",
                                  help="In full in the list under the table and on the card."),
         "threshold": col.NumberColumn("Threshold"),
@@ -801,6 +800,13 @@ def flagged_line(row: dict, reading: Reading) -> str:
     name = _markdown_text(row["file"])
     link = f"[{name}](#{card_anchor(reading)})" if reading.ok else name
     return f"- **{link}**: {row['trust_label']}. {_markdown_text(row['reason'])}"
+
+
+def card_links(rows: list[dict], readings: list[Reading]) -> str:
+    """One markdown line linking each readable film's card, in the worklist's order."""
+    links = [f"[{_markdown_text(row['file'])}](#{card_anchor(readings[row['index']])})"
+             for row in rows if readings[row["index"]].ok]
+    return "**Cards**: " + " \u00b7 ".join(links) if links else ""
 
 
 def csv_rows(rows: list[dict]) -> list[dict]:
