@@ -762,3 +762,19 @@ def test_explorer_prevalence_gives_ppv_and_npv():
     labels = [b.label for b in at.button if b.key and b.key.startswith("preset-")]
     default = [label for label in labels if "default" in label]
     assert len(default) == 1 and not default[0].startswith("0.5")  # the slider starts there
+
+
+def test_empty_heat_map_and_the_lung_caution_only_at_or_above_the_threshold():
+    from pneumo.app import ui
+    from pneumo.models.lungs import OUTSIDE_LUNGS_CAUTION
+    from pneumo.reading.reader import Reading
+
+    r = Reading(name="n.png", digest="0" * 64, probability=0.3,
+                cams={"Grad-CAM": np.zeros((7, 7)), "Grad-CAM++": np.full((7, 7), 0.2)},
+                lung_share={"Grad-CAM++": 0.2})
+    assert ui.empty_heat_map(r, "Grad-CAM") == wording.EMPTY_HEAT_MAP.format(method="Grad-CAM")
+    assert "Nothing in this film raised the score" in ui.empty_heat_map(r, "Grad-CAM")
+    assert ui.empty_heat_map(r, "Grad-CAM++") is None
+    assert ui.lung_lines(r, "Grad-CAM++", 0.5) == (wording.lung_share_text(0.2), None)  # below
+    assert ui.lung_lines(r, "Grad-CAM++", 0.3) == (wording.lung_share_text(0.2),
+                                                    OUTSIDE_LUNGS_CAUTION)  # at the threshold
