@@ -3,7 +3,7 @@
 # Installs into a virtual environment: the active one, else .venv (made with python3 when missing;
 # a stock Debian/Ubuntu python3 refuses a bare pip install, PEP 668): the pinned packages of
 # requirements-dev.txt and pneumo itself (pip install -e .); as root also Debian's Chromium for the
-# browser test.
+# browser test, and Orthanc, its DICOMweb plugin and dicom3tools for the PACS tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,22 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "note: /usr/bin/chromium missing and cannot be installed here; the browser test will skip"
+  fi
+fi
+
+# The PACS tests (tests/test_pacs.py) run a real Orthanc with its DICOMweb plugin and check the
+# result objects with dciodvfy (dicom3tools); without them those tests skip and say why.
+pacs_packages=()
+{ command -v Orthanc || [ -x /usr/sbin/Orthanc ]; } >/dev/null || pacs_packages+=(orthanc)
+dpkg -s orthanc-dicomweb >/dev/null 2>&1 || pacs_packages+=(orthanc-dicomweb)
+command -v dciodvfy >/dev/null || pacs_packages+=(dicom3tools)
+if [ ${#pacs_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # (on a machine with systemd this also starts Debian's own Orthanc service on ports 8042/4242;
+    # the tests do not use it, they start their own on free loopback ports)
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pacs_packages[@]}" >/dev/null
+  else
+    echo "note: ${pacs_packages[*]} missing and cannot be installed here; the PACS tests will skip"
   fi
 fi
 

@@ -27,12 +27,19 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from pneumo.cli import predict
+from pneumo.cli import loaders, predict
 from pneumo.io import pacs
 from pneumo.reading.reader import Reading
 
 IDENTITY = ("study_instance_uid", "sop_instance_uid")
 COLUMNS = IDENTITY + tuple(c for c in predict.COLUMNS if c not in ("file", "cam_file")) + ("sent",)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 def _date(text: str) -> date:
@@ -58,7 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "heat-map Secondary Capture per trusted reading at or above the "
                              "threshold")
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
-    parser.add_argument("--batch-size", type=predict._positive_int, default=16,
+    parser.add_argument("--batch-size", type=_positive_int, default=16,
                         help="images retrieved and held in memory at a time (default 16)")
     args = parser.parse_args(argv)
     if args.since is None and not (args.patient_id or args.accession):
@@ -172,9 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     detector = ood.load_detector()
-    segmenter = predict.load_segmenter()
-    checker = predict.load_quality_checker()
-    scope_check = predict.load_scope_check()
+    segmenter = loaders.load_segmenter()
+    checker = loaders.load_quality_checker()
+    scope_check = loaders.load_scope_check()
     sender = Sender(client, threshold, calibration_name) if args.send else None
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

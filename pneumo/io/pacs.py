@@ -43,6 +43,7 @@ MODALITIES = ("CR", "DX")  # computed and digital radiography
 FRONTAL_VIEWS = ("PA", "AP")
 BODY_PART = "CHEST"
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # the instance as stored, not transcoded
+MAX_RESULTS = 10_000  # a search finding more is refused: narrow it
 
 _QUIET_LOGGERS = ("dicomweb_client", "urllib3")
 
@@ -290,6 +291,26 @@ class PacsClient:
             raise PacsRefused(f"The PACS at {where} sent an answer pneumo could not understand "
                               f"while {doing}.") from None
 
+    def _paged(self, doing: str, function, key: str, **kwargs) -> list[dict]:
+        """Every result of a search: asked for at once (a limit above :data:`MAX_RESULTS`), then
+        from where the answer stopped, until an answer brings nothing new (a server that caps
+        its answers, or ignores the offset). More than :data:`MAX_RESULTS` is refused.
+        (dicomweb-client's ``get_remaining`` pages without a limit; Orthanc 1.10 then ignores
+        the offset and the client loops forever. Orthanc 1.10 also drops results when it pages
+        a ModalitiesInStudy search, so small pages are not used.)"""
+        results: dict[str, dict] = {}
+        offset = 0
+        while True:
+            page = self._call(doing, function, limit=MAX_RESULTS + 1, offset=offset, **kwargs)
+            new = {_value(item, key): item for item in page if _value(item, key) not in results}
+            results.update(new)
+            if len(results) > MAX_RESULTS:
+                raise PacsRefused(f"The search found more than {MAX_RESULTS} results while "
+                                  f"{doing}; narrow it (dates, patient or accession number).")
+            if not new:
+                return list(results.values())
+            offset += len(page)
+
     def search_studies(self, since: date | None = None, until: date | None = None,
                        patient_id: str = "", accession_number: str = "") -> list[Study]:
         """Studies with a CR or DX series (one search per modality, merged), in the date range,
@@ -305,9 +326,9 @@ class PacsClient:
                   "AccessionNumber", "PatientID", "PatientName", "NumberOfStudyRelatedInstances"]
         found: dict[str, tuple[str, Study]] = {}
         for modality in MODALITIES:
-            items = self._call("searching for studies", self._client.search_for_studies,
-                               search_filters={**filters, "ModalitiesInStudy": modality},
-                               fields=fields, get_remaining=True)
+            items = self._paged("searching for studies", self._client.search_for_studies,
+                                "0020000D", fields=fields,
+                                search_filters={**filters, "ModalitiesInStudy": modality})
             for item in items:
                 uid = _value(item, "0020000D")
                 if not uid or uid in found:
@@ -325,11 +346,11 @@ class PacsClient:
     def instances(self, study_instance_uid: str, modality: str = "") -> list[InstanceRef]:
         """Every instance of a study (of ``modality`` only, if given)."""
         filters = {"Modality": modality} if modality else None
-        items = self._call("listing the images of a study", self._client.search_for_instances,
-                           study_instance_uid=study_instance_uid, search_filters=filters,
-                           fields=["SeriesInstanceUID", "SOPInstanceUID", "Modality",
-                                   "ViewPosition", "BodyPartExamined", "SeriesDescription"],
-                           get_remaining=True)
+        items = self._paged("listing the images of a study", self._client.search_for_instances,
+                            "00080018", study_instance_uid=study_instance_uid,
+                            search_filters=filters,
+                            fields=["SeriesInstanceUID", "SOPInstanceUID", "Modality",
+                                    "ViewPosition", "BodyPartExamined", "SeriesDescription"])
         refs = [InstanceRef(study_instance_uid=_value(i, "0020000D") or study_instance_uid,
                             series_instance_uid=_value(i, "0020000E"),
                             sop_instance_uid=_value(i, "00080018"), modality=_value(i, "00080060"),
@@ -380,5 +401,5 @@ def connect(url: str | None = None, environ: Mapping[str, str] | None = None,
     if settings is None:
         raise PacsNotConfigured(
             f"No PACS is configured: give its DICOMweb address (--url), set {ENV_URL}, or add "
-            f"a [{SECRETS_SECTION}] section with a url to {SECRETS_FILE.relative_to(config.PROJECT_ROOT)}.")
+            f"a [{SECRETS_SECTION}] section with a url to .streamlit/secrets.toml.")
     return PacsClient(settings)

@@ -1,0 +1,476 @@
+"""The PACS source and results back, against a real Orthanc with its DICOMweb plugin.
+
+Orthanc runs on free loopback ports with a temporary storage and index folder, loaded with DICOM
+files made in memory from a few shared test images (pixels wrapped with pydicom; nothing copied
+into the repository). tools/run_tests.sh installs orthanc, orthanc-dicomweb and dicom3tools as
+root; where they are missing the Orthanc tests skip with the reason. The settings and the SR of an
+out-of-scope reading are checked without Orthanc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo.io import pacs
+from pneumo.reading import dicom_results
+
+USER, PASSWORD = "pneumo-test", "s3cret-pw"
+PATIENT_NAME = "Zyxtest^Pacsname"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+
+# -- settings (no server) ---------------------------------------------------------------------
+
+def test_the_pacs_is_off_unless_configured(tmp_path, monkeypatch):
+    assert pacs.load_settings(environ={}, secrets_file=tmp_path / "none.toml") is None
+    monkeypatch.setattr(pacs, "SECRETS_FILE", tmp_path / "none.toml")
+    for name in (pacs.ENV_URL, pacs.ENV_USERNAME, pacs.ENV_PASSWORD, pacs.ENV_TOKEN):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(pacs.PacsNotConfigured, match="No PACS is configured: give its DICOMweb"):
+        pacs.connect()
+
+
+def test_settings_from_secrets_and_environment(tmp_path):
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[pacs]\nurl = "https://pacs.example.org/dicom-web/"\n'
+                       'username = "reader"\npassword = "pw-in-file"\ntimeout = 7\n')
+    s = pacs.load_settings(environ={}, secrets_file=secrets)
+    assert (s.url, s.username, s.password, s.timeout) == (
+        "https://pacs.example.org/dicom-web", "reader", "pw-in-file", 7.0)
+    assert "pw-in-file" not in repr(s) and s.server == "https://pacs.example.org"
+    s = pacs.load_settings(environ={pacs.ENV_URL: "http://other:8042/dicom-web",
+                                    pacs.ENV_TOKEN: "tok"}, secrets_file=secrets)
+    assert s.url == "http://other:8042/dicom-web" and s.token == "tok"
+    client = pacs.PacsClient(s)
+    assert client._client._session.headers["Authorization"] == "Bearer tok"
+    assert pacs.load_settings("http://x/dicom-web", {}, secrets).url == "http://x/dicom-web"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({pacs.ENV_URL: "ftp://pacs/dicom-web"}, "must be an http:// or https:// URL"),
+    ({pacs.ENV_URL: "http://pacs/dicom-web", pacs.ENV_USERNAME: "u"}, "without a password"),
+    ({pacs.ENV_URL: "http://pacs/dicom-web", pacs.ENV_TIMEOUT: "soon"}, "timeout must be"),
+])
+def test_unusable_settings_are_one_sentence(tmp_path, env, message):
+    with pytest.raises(pacs.PacsNotConfigured, match=message):
+        pacs.load_settings(environ=env, secrets_file=tmp_path / "none.toml")
+
+
+def test_the_batch_command_without_a_pacs_contacts_nothing(tmp_path, monkeypatch, capsys):
+    from pneumo.cli import pacs as cli
+
+    monkeypatch.setattr(pacs, "SECRETS_FILE", tmp_path / "none.toml")
+    monkeypatch.delenv(pacs.ENV_URL, raising=False)
+    assert cli.main(["--since", "2026-12-01", "--out", str(tmp_path / "r.csv")]) == 1
+    assert "No PACS is configured" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
+# -- DICOM results (no server) ----------------------------------------------------------------
+
+def source_dataset(pixels: np.ndarray, patient: str, study: str, series: str, *,
+                   view: str = "PA", age: str = "003Y", study_date: str = "20261203"):
+    """A CR image of the chest wrapping ``pixels`` (uint8 grey), with patient and study tags."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CR_IMAGE_STORAGE, generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.PatientID = PATIENT_NAME, f"PID-{patient}"
+    ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "20231201", "F", age
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = study_date, "101500", f"ACC-{patient}"
+    ds.StudyID, ds.ReferringPhysicianName = "1", ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CR", 1, 1
+    ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", view, ["L", "F"]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(pixels, np.uint8).tobytes()
+    return ds
+
+
+def dciodvfy_errors(dataset, folder: Path) -> list[str]:
+    """dciodvfy's error lines for ``dataset`` (warnings allowed), or skip without dciodvfy."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
+    path = folder / f"{dataset.SOPInstanceUID}.dcm"
+    path.write_bytes(pacs.as_file_bytes(dataset))
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_an_out_of_scope_sr_says_why_and_carries_no_decision(tmp_path):
+    from highdicom import UID
+
+    from pneumo.io.header import HeaderFacts
+    from pneumo.reading.reader import Reading
+    from pneumo.reading.scope import header_verdict
+
+    header = pacs.header_of(pacs.as_file_bytes(source_dataset(
+        np.full((64, 64), 90, np.uint8), "X", str(UID()), str(UID()), age="035Y")))
+    reading = Reading(name="x", digest="", probability=0.9,
+                      scope=header_verdict(HeaderFacts(age_years=35.0)))
+    sr = dicom_results.make_sr(header, reading, 0.5, series_instance_uid=str(UID()))
+    back = dicom_results.read_sr(pacs.as_file_dataset(sr))
+    assert back.trust_state == "out_of_scope" and back.reason == reading.trust.reason
+    assert back.decision is None and back.probability is None and back.threshold is None
+    assert "not a medical device" in back.comment and "not for diagnosis" in back.comment
+    assert back.source_sop_instance_uid == header.SOPInstanceUID
+    assert not dicom_results.wants_overlay(reading, 0.5)
+    assert dciodvfy_errors(sr, tmp_path) == []
+
+
+# -- Orthanc ----------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _plugin() -> str | None:
+    try:
+        files = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True,
+                               timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):  # not a Debian system
+        files = []
+    found = [f for f in files if f.endswith(".so") and "DicomWeb" in f and Path(f).exists()]
+    found += [str(p) for p in sorted(Path("/usr/share/orthanc/plugins").glob("*DicomWeb*.so"))]
+    return found[0] if found else None
+
+
+class Orthanc:
+    """An Orthanc with the DICOMweb plugin on free loopback ports, its files under ``root``."""
+
+    def __init__(self, root: Path):
+        binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
+        plugin = _plugin()
+        if binary is None or plugin is None:
+            pytest.skip("Orthanc and its DICOMweb plugin are not installed (apt-get install "
+                        "orthanc orthanc-dicomweb; tools/run_tests.sh does it as root)")
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        dicom_port = _free_port()
+        while dicom_port == self.port:
+            dicom_port = _free_port()
+        settings = {
+            "Name": "pneumo-test", "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "index"), "HttpPort": self.port,
+            "DicomPort": dicom_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
+            "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "HttpCompressionEnabled": False,
+        }
+        config = root / "orthanc.json"
+        config.write_text(json.dumps(settings))
+        self.log = (root / "orthanc.log").open("w")
+        self.process = subprocess.Popen([binary, str(config)], stdout=self.log,
+                                        stderr=subprocess.STDOUT, cwd=root)
+        self.url = f"http://127.0.0.1:{self.port}/dicom-web"
+        self._wait()
+
+    def _wait(self, seconds: float = 60) -> None:
+        import requests
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"Orthanc exited with {self.process.returncode}")
+            try:
+                if requests.get(f"{self.url}/studies", auth=(USER, PASSWORD), timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail("Orthanc did not answer within a minute")
+
+    def settings(self, password: str = PASSWORD, timeout: float = 20) -> pacs.PacsSettings:
+        return pacs.PacsSettings(self.url, USER, password, timeout=timeout)
+
+    def client(self, password: str = PASSWORD) -> pacs.PacsClient:
+        return pacs.PacsClient(self.settings(password))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"))
+
+
+@pytest.fixture(scope="module")
+def loaded(orthanc, shared_data):
+    """Studies stored in Orthanc: A (a PA and a lateral), B (PA and AP), C (PA, an adult: out of
+    scope), D (before the date range), E (a lateral only). Returns the studies' UIDs and the
+    bytes of each frontal image as a file."""
+    from pydicom.uid import generate_uid
+
+    normal = sorted((shared_data / "test" / "NORMAL").glob("*.jpeg"))
+    pneumonia = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))
+    plan = {  # study: [(image, view, age)], date
+        "A": ([(normal[0], "PA", "003Y"), (normal[1], "LL", "003Y")], "20261203"),
+        "B": ([(pneumonia[0], "PA", "004Y"), (pneumonia[1], "AP", "004Y")], "20261210"),
+        "C": ([(pneumonia[2], "PA", "035Y")], "20261215"),
+        "D": ([(normal[2], "PA", "003Y")], "20261101"),
+        "E": ([(normal[3], "LL", "003Y")], "20261204"),
+    }
+    client = orthanc.client()
+    studies, frontal, by_study = {}, {}, {}
+    for key, (images, study_date) in plan.items():
+        studies[key] = generate_uid()
+        datasets = [source_dataset(_pixels(path), key, studies[key], generate_uid(), view=view,
+                                   age=age, study_date=study_date)
+                    for path, view, age in images]
+        client.store(datasets, studies[key])
+        by_study[key] = [str(ds.SOPInstanceUID) for ds in datasets if ds.ViewPosition != "LL"]
+        frontal.update({str(ds.SOPInstanceUID): pacs.as_file_bytes(ds)
+                        for ds in datasets if ds.ViewPosition != "LL"})
+    return {"studies": studies, "frontal": frontal, "by_study": by_study}
+
+
+@pytest.fixture(scope="module")
+def models(bundled_model_dir):
+    from pneumo.cli import loaders
+    from pneumo.models import ood
+    from pneumo.models.runtime import load_explainer
+
+    return {"explainer": load_explainer(), "ood_check": ood.load_detector(),
+            "segmenter": loaders.load_segmenter(), "quality_checker": loaders.load_quality_checker(),
+            "scope_check": loaders.load_scope_check()}
+
+
+def read(files, models):
+    from pneumo.reading.reader import read_batch
+
+    return {r.name: r for r in read_batch(files, **models)}
+
+
+@pytest.fixture(scope="module")
+def direct(loaded, models):
+    """The frontal images read from their own bytes, as an upload is."""
+    return read(list(loaded["frontal"].items()), models)
+
+
+def test_search_by_dates_patient_and_accession(loaded, orthanc):
+    client, uids = orthanc.client(), loaded["studies"]
+    from datetime import date
+
+    def found(**kw):
+        return {s.study_instance_uid for s in client.search_studies(**kw)}
+
+    assert found(since=date(2026, 12, 1)) == {uids[k] for k in "ABCE"}
+    assert found(since=date(2026, 12, 1), until=date(2026, 12, 5)) == {uids["A"], uids["E"]}
+    assert found(patient_id="PID-B") == {uids["B"]}
+    assert found(accession_number="ACC-C") == {uids["C"]}
+    assert found(since=date(2027, 1, 1)) == set()
+    study = next(s for s in client.search_studies(patient_id="PID-B"))
+    assert study.patient_name == PATIENT_NAME and PATIENT_NAME not in repr(study)
+
+
+def test_frontal_images_only_and_a_study_without_any(loaded, orthanc):
+    client, uids = orthanc.client(), loaded["studies"]
+    assert [r.sop_instance_uid for r in client.frontal_images(uids["A"])] == loaded["by_study"]["A"]
+    assert sorted(r.view_position for r in client.frontal_images(uids["B"])) == ["AP", "PA"]
+    with pytest.raises(pacs.PacsNoImages, match="holds no frontal chest image"):
+        client.frontal_images(uids["E"])
+
+
+def test_retrieved_images_read_exactly_as_the_files(loaded, orthanc, models, direct):
+    client = orthanc.client()
+    files = []
+    for key in "ABC":
+        for ref in client.frontal_images(loaded["studies"][key]):
+            data = client.retrieve(ref)
+            assert data[128:132] == b"DICM"
+            files.append((ref.sop_instance_uid, data))
+    retrieved = read(files, models)
+    assert set(retrieved) == {uid for k in "ABC" for uid in loaded["by_study"][k]}
+    for uid, reading in retrieved.items():
+        assert reading.ok and abs(reading.probability - direct[uid].probability) <= 1e-6
+        assert reading.trust == direct[uid].trust
+
+
+def _run_cli(orthanc, tmp_path: Path, *args: str) -> tuple[int, list[dict], str]:
+    """The batch command in this process: its exit code, CSV rows, and everything it printed
+    or logged (root at DEBUG)."""
+    from pneumo.cli import pacs as cli
+
+    out, printed, logged = tmp_path / "results.csv", io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(logged)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed), \
+                contextlib.redirect_stderr(printed):
+            mp.setenv(pacs.ENV_USERNAME, USER)
+            mp.setenv(pacs.ENV_PASSWORD, PASSWORD)
+            mp.delenv(pacs.ENV_TOKEN, raising=False)
+            mp.setattr(pacs, "SECRETS_FILE", tmp_path / "none.toml")
+            code = cli.main(["--url", orthanc.url, "--out", str(out), *args])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    with out.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return code, rows, printed.getvalue() + logged.getvalue() + out.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def sent(loaded, orthanc, bundled_model_dir, tmp_path_factory):
+    start = time.perf_counter()
+    result = _run_cli(orthanc, tmp_path_factory.mktemp("send"), "--since", "2026-12-01", "--send")
+    return (*result, time.perf_counter() - start)
+
+
+def test_batch_command_reads_every_frontal_image_and_names_no_patient(sent, loaded, direct):
+    from pneumo.cli import pacs as cli
+
+    code, rows, text, _ = sent
+    assert code == 0, text
+    frontal = [uid for k in "ABC" for uid in loaded["by_study"][k]]
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(frontal)
+    assert list(rows[0]) == list(cli.COLUMNS) and "file" not in rows[0]
+    for r in rows:
+        assert abs(float(r["probability_pneumonia"]) - direct[r["sop_instance_uid"]].probability) \
+            <= 1e-6
+    for secret in (PATIENT_NAME, "Zyxtest", "PID-", "ACC-"):
+        assert secret not in text
+    by_uid = {r["sop_instance_uid"]: r for r in rows}
+    (adult,) = loaded["by_study"]["C"]
+    assert by_uid[adult]["trust"] == "out_of_scope" and by_uid[adult]["decision"] == "OUT OF SCOPE"
+    assert {r["sent"] for r in rows} <= {"SR", "SR+SC"}
+
+
+def _results(client: pacs.PacsClient, study: str, modality: str) -> list:
+    return [client.retrieve_dataset(r) for r in client.instances(study, modality=modality)]
+
+
+def test_sr_and_heat_maps_are_stored_found_and_read_back(sent, loaded, orthanc, direct, tmp_path):
+    from pneumo.evaluation import artifacts
+
+    _, rows, _, _ = sent
+    client, threshold = orthanc.client(), artifacts.recommended_threshold()
+    by_uid = {r["sop_instance_uid"]: r for r in rows}
+    for key in "ABC":
+        study = loaded["studies"][key]
+        reports = _results(client, study, "SR")
+        assert len(reports) == len(loaded["by_study"][key])
+        for sr in reports:
+            back = dicom_results.read_sr(sr)
+            reading = direct[back.source_sop_instance_uid]
+            assert str(sr.StudyInstanceUID) == study and sr.PatientName == PATIENT_NAME
+            assert sr.SOPInstanceUID not in loaded["frontal"]
+            assert sr.SeriesDescription == dicom_results.SR_SERIES_DESCRIPTION
+            assert "ViewPosition" not in sr and "BodyPartExamined" not in sr
+            assert back.trust_state == reading.trust.state
+            assert "not for diagnosis" in back.comment and back.predecessors == ()
+            if reading.trust.state == "out_of_scope":
+                assert back.decision is None and back.probability is None and back.reason
+            else:
+                assert abs(back.probability - reading.probability) <= 1e-6
+                assert back.threshold == threshold
+                assert back.decision == by_uid[back.source_sop_instance_uid]["decision"]
+            assert dciodvfy_errors(sr, tmp_path) == []
+        overlays = _results(client, study, "OT")
+        expected = [u for u in loaded["by_study"][key]
+                    if dicom_results.wants_overlay(direct[u], threshold)]
+        assert len(overlays) == len(expected)
+        for sc in overlays:
+            assert sc.SeriesDescription == dicom_results.SC_SERIES_DESCRIPTION
+            assert str(sc.StudyInstanceUID) == study and sc.BurnedInAnnotation == "YES"
+            assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in expected
+            assert "ViewPosition" not in sc
+            assert sc.pixel_array[:10].max() == 255  # the label's white text in the top band
+            assert dciodvfy_errors(sc, tmp_path) == []
+        series = {str(ds.SeriesInstanceUID) for ds in reports} | {
+            str(ds.SeriesInstanceUID) for ds in overlays}
+        assert len(series) == (2 if overlays else 1)
+    assert any(r["sent"] == "SR+SC" for r in rows), "no trusted reading above the threshold"
+
+
+def test_sending_again_supersedes_the_earlier_report(sent, loaded, orthanc, tmp_path):
+    client, study = orthanc.client(), loaded["studies"]["B"]
+    before = {str(ds.SOPInstanceUID) for ds in _results(client, study, "SR")}
+    code, rows, text = _run_cli(orthanc, tmp_path, "--accession", "ACC-B", "--send")
+    assert code == 0, text
+    after = _results(client, study, "SR")
+    new = [ds for ds in after if str(ds.SOPInstanceUID) not in before]
+    assert len(new) == len(loaded["by_study"]["B"])
+    for ds in new:
+        back = dicom_results.read_sr(ds)
+        (previous,) = back.predecessors
+        assert previous in before
+        old = next(d for d in after if str(d.SOPInstanceUID) == previous)
+        assert dicom_results.read_sr(old).source_sop_instance_uid == back.source_sop_instance_uid
+    for uid in loaded["by_study"]["B"]:
+        (current,) = dicom_results.current_reports(after, uid)
+        assert current in new
+
+
+def test_wrong_password_is_one_sentence(loaded, orthanc):
+    with pytest.raises(pacs.PacsAuthError) as err:
+        orthanc.client(password="wrong").search_studies()
+    assert str(err.value) == (f"The PACS at http://127.0.0.1:{orthanc.port} refused pneumo's "
+                              "credentials (HTTP 401) while searching for studies: check the "
+                              "user name and password, or the token.")
+
+
+def test_a_stopped_server_is_one_sentence(tmp_path):
+    server = Orthanc(tmp_path / "stopped")
+    client = server.client()
+    assert client.search_studies() == []
+    server.stop()
+    with pytest.raises(pacs.PacsUnreachable) as err:
+        client.search_studies()
+    assert str(err.value) == (f"The PACS at http://127.0.0.1:{server.port} could not be reached "
+                              "while searching for studies: the server is down or the address "
+                              "is wrong.")
+
+
+def test_a_server_that_never_answers_times_out():
+    with socket.socket() as listener:  # accepts connections (the kernel does) and says nothing
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        client = pacs.PacsClient(pacs.PacsSettings(f"http://127.0.0.1:{port}/dicom-web",
+                                                   timeout=0.5))
+        start = time.perf_counter()
+        with pytest.raises(pacs.PacsTimeout, match="did not answer within 0.5 s"):
+            client.search_studies()
+        assert time.perf_counter() - start < 5
