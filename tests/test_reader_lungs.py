@@ -17,32 +17,33 @@ from pneumo.models.lungs import NO_LUNGS_WARNING, OUTSIDE_LUNGS_CAUTION, LungFie
 from pneumo.reading import reader
 
 SIZE = config.IMAGE_SIZE
-LEFT_CAM = np.zeros((7, 7), "float32")
-LEFT_CAM[:, :2] = 1.0  # all heat at the left edge
-RIGHT_CAM = LEFT_CAM[:, ::-1].copy()  # all heat at the right edge
+TOP_CAM = np.zeros((7, 7), "float32")
+TOP_CAM[:2, :] = 1.0  # all heat at the top edge
+BOTTOM_CAM = TOP_CAM[::-1].copy()  # all heat at the bottom edge
 
 
-def left_lungs(area: float = 0.5) -> LungFields:
-    """A mask over the left ``area`` of the image."""
+def top_lungs(area: float = 0.5) -> LungFields:
+    """A mask over the top ``area`` of the image (as much on its left half as on its right, as
+    a pair of lungs has: a mask on one half only is "one lung field")."""
     mask = np.zeros((SIZE, SIZE), bool)
-    mask[:, :round(SIZE * area)] = True
+    mask[:round(SIZE * area), :] = True
     return LungFields(mask=mask, area=float(mask.mean()), components=2 if area > 0 else 0)
 
 
 class Explainer:
-    """Probability 0.8; Grad-CAM heat on the left, Grad-CAM++ on the right."""
+    """Probability 0.8; Grad-CAM heat at the top, Grad-CAM++ at the bottom."""
 
     def explain(self, images):
-        return [Explanation(0.8, {METHODS[0]: LEFT_CAM, METHODS[1]: RIGHT_CAM}, np.zeros(4))
+        return [Explanation(0.8, {METHODS[0]: TOP_CAM, METHODS[1]: BOTTOM_CAM}, np.zeros(4))
                 for _ in images]
 
 
 class Segmenter:
-    """Left-half lungs; records batch sizes; can fail on batches, or on chosen images."""
+    """Top-half lungs; records batch sizes; can fail on batches, or on chosen images."""
 
     def __init__(self, fields: LungFields | None = None, fail_batches: bool = False,
                  fail_if=None):
-        self.fields_out = fields or left_lungs()
+        self.fields_out = fields or top_lungs()
         self.fail_batches, self.fail_if = fail_batches, fail_if
         self.calls: list[int] = []
 
@@ -66,11 +67,11 @@ def test_lung_share_per_method_batched_like_the_explainer():
     assert seg.calls == [2, 2, 1]  # once per batch, unreadable file left out
     good = [r for r in readings if r.ok]
     assert len(good) == 5 and readings[-1].error
-    mask = left_lungs().mask
+    mask = top_lungs().mask
     for r in good:
         assert r.lungs is seg.fields_out and r.lung_warning is None
-        assert r.lung_share[METHODS[0]] == pytest.approx(heatmap_in_lungs(LEFT_CAM, mask)[0])
-        assert r.lung_share[METHODS[0]] > 0.95  # heat on the left, lungs on the left
+        assert r.lung_share[METHODS[0]] == pytest.approx(heatmap_in_lungs(TOP_CAM, mask)[0])
+        assert r.lung_share[METHODS[0]] > 0.95  # heat at the top, lungs at the top
         assert r.lung_share[METHODS[1]] < 0.05
     assert readings[-1].lungs is None and readings[-1].lung_share == {}
 
@@ -81,7 +82,7 @@ def test_without_segmenter_there_are_no_lung_figures():
 
 
 def test_implausible_mask_is_a_warning_apart_from_ood():
-    seg = Segmenter(fields=left_lungs(0.03))  # 3 % of the image: not a pair of lungs
+    seg = Segmenter(fields=top_lungs(0.03))  # 3 % of the image: not a pair of lungs
     r = reader.read_batch(files(1), Explainer(), segmenter=seg, ood_check=lambda _: None)[0]
     assert r.lung_warning == NO_LUNGS_WARNING
     assert r.ood_warning is None
@@ -120,7 +121,7 @@ def test_worklist_shows_probability_text_and_keeps_the_number():
 def _reading(probability: float, lungs: LungFields | None = None) -> reader.Reading:
     grey = np.tile(np.linspace(40, 200, 160, dtype="uint8"), (120, 1))
     return reader.Reading(name="x.png", digest="d", display=np.repeat(grey[..., None], 3, -1),
-                          probability=probability, cams={METHODS[0]: LEFT_CAM}, lungs=lungs)
+                          probability=probability, cams={METHODS[0]: TOP_CAM}, lungs=lungs)
 
 
 def colour(rgb: np.ndarray) -> int:
@@ -154,7 +155,7 @@ def test_heatmap_strength():
 
 
 def test_lung_outline_drawn_on_original_and_overlay_only_when_asked():
-    lungs = left_lungs(0.4)
+    lungs = top_lungs(0.4)
     r = _reading(0.9, lungs)
     edge = lungs.outline(*r.display.shape[:2])
     assert edge.any()

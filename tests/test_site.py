@@ -111,7 +111,7 @@ def test_build_proposes_thresholds_by_the_bundled_rules():
         above = q[(labels == 1) & (q >= t)].min()  # the lowest pneumonia score still caught
         assert m.metrics_at(labels, q, above + 1e-9)["sensitivity"] < target  # highest such
     assert cal.high_sensitivity <= cal.recommended
-    assert cal.counts == {"NORMAL": 40, "PNEUMONIA": 60, "unreadable": 0}
+    assert cal.counts == {"NORMAL": 40, "PNEUMONIA": 60, "unreadable": 0, "left_out": 0}
     assert cal.banner == f"Calibrated for {SITE} on 100 images, {DATE}"
 
 
@@ -243,7 +243,35 @@ def _write_sample(root: Path, sample: dict) -> Path:
     return root
 
 
-def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys):
+@pytest.fixture
+def every_image_in_scope(monkeypatch):
+    """Synthetic test images are no chest X-rays of children to the scope checks: these CLI
+    tests of the fit itself let every readable image through (the screen has its own test)."""
+    monkeypatch.setattr(site, "trust_screen", lambda *a, **k: (lambda readings: [None] * len(readings)))
+
+
+def test_cli_leaves_images_pneumo_would_not_answer_about_out_of_the_fit(tmp_path, made_sample,
+                                                                          capsys, monkeypatch):
+    from pneumo.cli import calibrate
+
+    def screen(*a, **k):
+        return lambda readings: ["Out of scope: older" if r.name.endswith("0.png") else None
+                                 for r in readings]
+
+    monkeypatch.setattr(site, "trust_screen", screen)
+    folder = _write_sample(tmp_path / "sample", made_sample)
+    out = tmp_path / "site-out"
+    assert calibrate.main(["--data", str(folder), "--site", "St Elsewhere",
+                           "--site-dir", str(out), "--batch-size", "4"]) == 0
+    left = sorted(p.name for p in folder.rglob("*0.png"))
+    cal = site.read(site.site_file(out))
+    assert cal.counts["left_out"] == len(left) > 0
+    err = capsys.readouterr().err
+    assert all("left out" in line for line in err.splitlines() if "older" in line)
+    assert f"{len(left)} image(s) left out of the fit" in err
+
+
+def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys, every_image_in_scope):
     from pneumo.cli import calibrate
 
     folder = _write_sample(tmp_path / "St Elsewhere sample", made_sample)
@@ -264,7 +292,7 @@ def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys):
     status = site.load(out)
     cal = status.calibration
     assert status.message is None and cal is not None
-    assert cal.counts == {"NORMAL": 7, "PNEUMONIA": 7, "unreadable": 1}
+    assert cal.counts == {"NORMAL": 7, "PNEUMONIA": 7, "unreadable": 1, "left_out": 0}
     assert cal.model_fingerprint == site.model_fingerprint()
     expected = sorted(p for files in made_sample.values() for _, _, p in files)
     assert sorted(cal.bundled_probabilities) == pytest.approx(expected, abs=2e-6)
@@ -277,8 +305,8 @@ def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys):
     assert "small" in printed.out  # 7 images a class
 
 
-def test_cli_without_the_class_folders_or_with_too_few_images_writes_nothing(tmp_path, capsys,
-                                                                             made_sample):
+def test_cli_without_the_class_folders_or_with_too_few_images_writes_nothing(
+        tmp_path, capsys, made_sample, every_image_in_scope):
     from pneumo.cli import calibrate
 
     (tmp_path / "flat").mkdir()
@@ -383,9 +411,15 @@ def test_a_site_file_for_another_model_is_ignored_with_a_message(tmp_path, monke
     assert len(at.radio[0].options) == 2
 
 
-def test_read_page_shows_the_site_calibrated_probability(site_file, predictor):
+def test_read_page_shows_the_site_calibrated_probability(site_file, predictor, monkeypatch):
+    from pneumo.app import ui
+    from pneumo.models.quality import QualityChecker
     from pneumo.reading import wording
 
+    # a synthetic image is no subject for the scope checks; this test is about the probability
+    monkeypatch.setattr(ui, "scope_check", lambda: None)
+    monkeypatch.setattr(ui, "ood_detector", lambda: None)
+    monkeypatch.setattr(ui, "quality_checker", lambda: QualityChecker())
     data = png_bytes(synthetic_xray(300, 41))
     p = _bundled(predictor, data)
     at = _app()
@@ -420,7 +454,7 @@ def test_in_app_calibration_writes_the_site_file(tmp_path, monkeypatch, made_sam
     assert not at.exception, at.exception
     cal = site.load().calibration
     assert cal is not None and cal.site == "Ward 7"
-    assert cal.counts == {"NORMAL": 7, "PNEUMONIA": 7, "unreadable": 1}
+    assert cal.counts == {"NORMAL": 7, "PNEUMONIA": 7, "unreadable": 1, "left_out": 0}
     assert "bad.jpg" not in site.site_file().read_text()
     assert _banner(at) == [f"{cal.banner}. Probabilities and the default threshold are this "
                            "site's."]
