@@ -435,31 +435,87 @@ def test_read_page_shows_the_site_calibrated_probability(site_file, predictor, m
     assert wording.evidence_line(q, probs, labels, source="site-sample") in captions
 
 
-def test_in_app_calibration_writes_the_site_file(tmp_path, monkeypatch, made_sample,
-                                                 bundled_model_dir):
-    monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path / "site"))
-    monkeypatch.setenv(config.SITE_CALIBRATION_IN_APP_ENV, "1")
+def _sample_zip(made_sample) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for cls, files in made_sample.items():
             for name, data, _ in files:
                 z.writestr(f"local/{cls}/{name}", data)
         z.writestr("local/NORMAL/bad.jpg", b"\xff\xd8 not a jpeg")
+    return buf.getvalue()
+
+
+def _calibrate_in_app(at, name: str, data: bytes):
+    at.text_input[0].set_value(name).run()
+    at.file_uploader[0].set_value(("sample.zip", data, "application/zip")).run()
+    next(b for b in at.button if b.label == "Calibrate for this site").click().run()
+    assert not at.exception, at.exception
+
+
+def test_in_app_calibration_refuses_a_small_sample_in_plain_sight(
+        tmp_path, monkeypatch, made_sample, bundled_model_dir, every_image_in_scope):
+    monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path / "site"))
+    monkeypatch.setenv(config.SITE_CALIBRATION_IN_APP_ENV, "1")
+    at = _app()
+    at.switch_page(CARD_PAGE).run()
+    _calibrate_in_app(at, "Ward 7", _sample_zip(made_sample))
+    assert site.load().calibration is None and not site.site_file().exists()
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("No site calibration written.") and
+               f"at least {config.SITE_SMALL_PER_CLASS} of each" in e for e in errors), errors
+
+
+def test_in_app_calibration_writes_asks_before_replacing_and_removes(
+        tmp_path, monkeypatch, made_sample, bundled_model_dir, every_image_in_scope):
+    monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path / "site"))
+    monkeypatch.setenv(config.SITE_CALIBRATION_IN_APP_ENV, "1")
+    monkeypatch.setattr(site, "acceptance_problem", lambda calibration: None)  # 14 images
     at = _app()
     at.switch_page(CARD_PAGE).run()
     assert _banner(at) == []
-    at.text_input[0].set_value("Ward 7").run()
-    at.file_uploader[0].set_value(("sample.zip", buf.getvalue(), "application/zip")).run()
-    next(b for b in at.button if b.label == "Calibrate for this site").click().run()
-    assert not at.exception, at.exception
+    data = _sample_zip(made_sample)
+    _calibrate_in_app(at, "Ward 7", data)
     cal = site.load().calibration
-    assert cal is not None and cal.site == "Ward 7"
+    assert cal is not None and cal.site == "Ward 7" and cal.set_by == "this server"
     assert cal.counts == {"NORMAL": 7, "PNEUMONIA": 7, "unreadable": 1, "left_out": 0}
     assert "bad.jpg" not in site.site_file().read_text()
     assert _banner(at) == [f"{cal.banner}. Probabilities and the default threshold are this "
                            "site's."]
     assert at.session_state["threshold"] == pytest.approx(cal.recommended)
     assert any("Written to" in s.value for s in at.success)
+    assert any("In use: " in i.value and "by this server" in i.value for i in at.info)
+    # a second calibration is not written until the user confirms the replacement
+    _calibrate_in_app(at, "Ward 8", data)
+    assert site.load().calibration.site == "Ward 7"
+    assert any("Replace the calibration in use" in w.value for w in at.warning)
+    next(b for b in at.button if b.label == "Replace it").click().run()
+    assert site.load().calibration.site == "Ward 8"
+    # and it can be removed, after a confirmation
+    next(t for t in at.toggle if t.label == "Remove the site calibration").set_value(True).run()
+    assert site.load().calibration is not None
+    next(b for b in at.button if b.label == "Yes, remove it").click().run()
+    assert not at.exception, at.exception
+    assert site.load().calibration is None and not site.site_file().exists()
+
+
+def test_acceptance_refuses_small_samples_and_calibrations_that_make_things_worse():
+    rng = np.random.default_rng(3)
+    n = 400
+    p = rng.uniform(0.02, 0.98, n)
+    y = (rng.uniform(size=n) < p).astype(int)  # the bundled calibration is already right
+    right = site.build("A", y, p, "0" * 64)
+    ece = site.cross_fitted_ece(right.labels, right.bundled_probabilities)
+    assert set(ece) == {"site", "bundled"}
+    # overconfident bundled probabilities at a site where pneumonia is rarer: a refit helps
+    q = 1 / (1 + np.exp(-3 * np.log(p / (1 - p)) - 1.5))
+    skewed = site.build("B", y, q, "0" * 64)
+    ece_skewed = site.cross_fitted_ece(skewed.labels, skewed.bundled_probabilities)
+    assert ece_skewed["site"] < ece_skewed["bundled"]
+    assert site.acceptance_problem(skewed) is None
+    if ece["site"] > ece["bundled"]:
+        assert "less reliable" in site.acceptance_problem(right)
+    small = site.build("C", y[:60], q[:60], "0" * 64)
+    assert "at least" in site.acceptance_problem(small)
 
 
 # --- the benchmark's committed figures --------------------------------------------------------

@@ -399,19 +399,69 @@ def site_calibration_enabled() -> bool:
 _CALIBRATION_DONE_KEY = "site_calibration_done"
 
 
+def _who() -> str:
+    """Who is making a change: the signed-in user's e-mail or name, else "this server"."""
+    try:
+        if st.user.is_logged_in:
+            return str(st.user.get("email") or st.user.get("name") or "a signed-in user")
+    except Exception:  # no sign-in configured: st.user has nothing to say
+        pass
+    return "this server"
+
+
+_PENDING_SITE_KEY = "site_calibration_pending"
+
+
 def site_calibration_section() -> None:
-    """Upload a zip of NORMAL/ and PNEUMONIA/, calibrate with the CLI's code, write site.json."""
+    """Upload a zip of NORMAL/ and PNEUMONIA/, calibrate with the CLI's code, and write site.json
+    only when the sample can support it (:func:`pneumo.reading.site.acceptance_problem`) and,
+    when one is in use, after the user confirms replacing it. Shows what is in use, and removes it."""
     st.subheader("Calibrate for this site")
+    status = site_status()
+    current = status.calibration
+    if current is not None:
+        st.info(f"In use: {current.banner}, set on {current.created} by "
+                f"{current.set_by or 'this server'} ({current.counts['NORMAL']} NORMAL, "
+                f"{current.counts['PNEUMONIA']} PNEUMONIA images).", icon=":material/location_on:")
+        if st.toggle("Remove the site calibration", key="site_remove_open"):
+            st.warning("Every user of this server will get the bundled calibration and thresholds "
+                       "again.", icon=":material/warning:")
+            if st.button("Yes, remove it", key="site_remove_confirm", icon=":material/delete:"):
+                site.remove()
+                st.session_state.pop(THRESHOLD_KEY, None)
+                st.session_state[_CALIBRATION_DONE_KEY] = {
+                    "lines": [f"Removed the calibration for {current.site}; the bundled one is in use."],
+                    "skipped": []}
+                st.rerun()
+    else:
+        st.caption("No site calibration is in use: probabilities are the bundled model's.")
     st.caption(
         "Upload a zip holding a labelled sample of this department's chest X-rays in two folders, "
-        "NORMAL/ and PNEUMONIA/ (PNG, JPEG or DICOM; a hundred or more images, the more the "
-        "better). pneumo scores them, refits its probability on them, proposes thresholds, and "
-        f"writes {site.site_file()} (numbers only: no image, no file name). The images are read "
-        "in memory and forgotten. Same as `python -m pneumo.calibrate` on the command line.")
+        "NORMAL/ and PNEUMONIA/ (PNG, JPEG or DICOM; at least "
+        f"{config.SITE_SMALL_PER_CLASS} of each class, a few hundred is better). pneumo scores "
+        "them, refits its probability on them, proposes thresholds, and writes "
+        f"{site.site_file()} (numbers only: no image, no file name), for every user of this "
+        "server. A sample too small, or one on which a site calibration would make the "
+        "probabilities less reliable than the bundled one, is refused. The images are read in "
+        "memory and forgotten. Same as `python -m pneumo.calibrate` on the command line.")
     done = st.session_state.pop(_CALIBRATION_DONE_KEY, None)
     if done:
         st.success("\n\n".join(done["lines"]), icon=":material/check_circle:")
         _skipped_list(done["skipped"])
+    pending = st.session_state.get(_PENDING_SITE_KEY)
+    if pending is not None:
+        new, lines = pending
+        st.warning(f"Replace the calibration in use ({current.banner if current else 'none'}, set on "
+                   f"{current.created if current else '-'}) with the new one for {new.site}?",
+                   icon=":material/swap_horiz:")
+        st.markdown("\n\n".join(lines))
+        keep, swap = st.columns(2)
+        if swap.button("Replace it", key="site_replace_confirm", type="primary"):
+            _write_site(new, lines)
+        if keep.button("Keep the one in use", key="site_replace_cancel"):
+            st.session_state.pop(_PENDING_SITE_KEY, None)
+            st.rerun()
+        return
     name = st.text_input("Site name", key="site_calibration_name", max_chars=100,
                          placeholder="e.g. St Mary's paediatric radiology")
     upload = st.file_uploader("Labelled sample (zip)", type=["zip"], key="site_calibration_zip")
@@ -423,25 +473,50 @@ def site_calibration_section() -> None:
     def score(images: np.ndarray) -> np.ndarray:
         return np.array([e.probability for e in cam.explain(images)])
 
-    with st.status("Calibrating...", expanded=False) as status:
+    screen = site.trust_screen(cam, ood_detector(), segmenter(), quality_checker(), scope_check())
+    with st.status("Calibrating...", expanded=False) as progress_box:
         bar = st.progress(0.0)
         try:
             items = site.zip_items(upload.getvalue())
-            calibration, report, path = site.calibrate(
+            calibration, report, _ = site.calibrate(
                 items, name, score, site.model_fingerprint(),
-                progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text))
+                progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
+                screen=screen, write=False, set_by=_who())
+            problem = site.acceptance_problem(calibration)
         except site.SiteSampleError as err:
-            status.update(label="No site calibration written", state="error")
-            st.error(str(err), icon=":material/error:")
-            _skipped_list(err.report.skipped if err.report is not None else [])
-            return
-        status.update(label="Calibrated", state="complete")
+            progress_box.update(label="No site calibration written", state="error")
+            err_report = err.report
+            problem, calibration, report = str(err), None, err_report
+        if problem is not None:
+            progress_box.update(label="No site calibration written", state="error")
+        else:
+            progress_box.update(label="Calibrated", state="complete")
+    if problem is not None:  # the reason in plain sight, outside the closed status box
+        st.error(f"No site calibration written. {problem}", icon=":material/error:")
+        _skipped_list(report.skipped if report is not None else [])
+        _left_out_list(report.left_out if report is not None else [])
+        return
+    lines = site.summary_lines(calibration, report)
+    if current is not None:
+        st.session_state[_PENDING_SITE_KEY] = (calibration, lines)
+        st.rerun()
+    _write_site(calibration, lines, report)
+
+
+def _write_site(calibration, lines: list[str], report=None) -> None:
+    path = site.save(calibration)
+    st.session_state.pop(_PENDING_SITE_KEY, None)
     st.session_state[_CALIBRATION_DONE_KEY] = {
-        "lines": site.summary_lines(calibration, report)
-        + [f"Written to {path}. The threshold is now the site's recommended one."],
-        "skipped": report.skipped}
+        "lines": lines + [f"Written to {path}. The threshold is now the site's recommended one."],
+        "skipped": report.skipped if report is not None else []}
     st.session_state[THRESHOLD_KEY] = calibration.recommended
     st.rerun()  # every page, the banner included, now uses it
+
+
+def _left_out_list(left_out: list[tuple[str, str]]) -> None:
+    if left_out:
+        with st.expander(f"{len(left_out)} image(s) left out: pneumo would not answer about them"):
+            st.table([{"File": name, "Why": why} for name, why in left_out])
 
 
 def _skipped_list(skipped: list[tuple[str, str]]) -> None:

@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             calibration, report, path = site.calibrate(
                 items, args.site, predictor.predict, site.model_fingerprint(model_path),
-                folder=args.site_dir, batch_size=args.batch_size, progress=progress, screen=screen)
+                folder=args.site_dir, batch_size=args.batch_size, progress=progress, screen=screen,
+                set_by="command line")
         except site.SiteSampleError as err:
             report = err.report
             _print_skipped(report)
@@ -98,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     _print_skipped(report)
     print("\n".join(site.summary_lines(calibration, report)))
+    if problem := site.acceptance_problem(calibration):
+        print(f"warning: the app would refuse this sample: {problem.replace(' Nothing was changed.', '')}",
+              file=sys.stderr)
     print(f"Written to {path}. The app uses it from its next page load.")
     return 0
 

@@ -138,6 +138,7 @@ class SiteCalibration:
     bundled_probabilities: tuple[float, ...]  # the bundled model's, same order
     prior: dict = field(default_factory=dict)
     sample_metrics: dict = field(default_factory=dict)
+    set_by: str = ""  # who wrote it: the signed-in user, "this server" (app without sign-in), "command line"
 
     @property
     def n_images(self) -> int:
@@ -191,6 +192,7 @@ class SiteCalibration:
                                          f"{config.HIGH_SENSITIVITY_TARGET}",
             },
             "counts": self.counts,
+            "set_by": self.set_by,
             "sample_metrics": self.sample_metrics,
             "sample": {
                 "note": "one entry per image, sorted by label then probability; no names",
@@ -260,7 +262,8 @@ def validate(data) -> SiteCalibration:
         site=site.strip(), scale=scale, bias=bias, thresholds=thresholds, counts=counts,
         created=created, model_fingerprint=fingerprint, labels=tuple(labels),
         probabilities=tuple(probs), bundled_probabilities=tuple(bundled),
-        prior=dict(cal.get("prior") or {}), sample_metrics=dict(data.get("sample_metrics") or {}))
+        prior=dict(cal.get("prior") or {}), sample_metrics=dict(data.get("sample_metrics") or {}),
+        set_by=str(data.get("set_by") or "")[:200])
 
 
 def site_dir() -> Path:
@@ -550,10 +553,12 @@ def trust_screen(explainer, ood_check=None, segmenter=None, quality_checker=None
 
 def calibrate(items: Iterable[Item], site: str, score: Scorer, fingerprint: str,
               folder: Path | None = None, batch_size: int = 16,
-              progress: ProgressCallback | None = None, screen: Screen | None = None
-              ) -> tuple[SiteCalibration, SampleReport, Path]:
+              progress: ProgressCallback | None = None, screen: Screen | None = None,
+              write: bool = True, set_by: str = "") -> tuple[SiteCalibration, SampleReport, Path]:
     """The whole flow, shared by the CLI and the app: read and score the sample, fit, write
-    ``site.json``. :class:`SiteSampleError` when no calibration can be made (nothing written)."""
+    ``site.json`` (unless ``write=False``: the app checks :func:`acceptance_problem` and asks
+    before replacing one; then :func:`save`). :class:`SiteSampleError` when no calibration can
+    be made (nothing written). Returns the calibration, the report and the file's path."""
     items = list(items)
     if not items:
         raise SiteSampleError("No images found in NORMAL/ and PNEUMONIA/.")
@@ -564,7 +569,57 @@ def calibrate(items: Iterable[Item], site: str, score: Scorer, fingerprint: str,
     except SiteSampleError as err:
         err.report = report  # what was skipped, for the message
         raise
-    return calibration, report, save(calibration, folder)
+    calibration = replace(calibration, set_by=set_by)
+    return calibration, report, save(calibration, folder) if write else site_file(folder)
+
+
+def remove(folder: Path | None = None) -> bool:
+    """Delete ``site.json`` (the bundled calibration is used again); False when there was none."""
+    path = site_file(folder)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def cross_fitted_ece(labels, bundled_probabilities, seed: int = config.SEED) -> dict[str, float]:
+    """Reliability of a site calibration on images it was not fitted to, as
+    ``benchmarks/site_calibration.py`` measures it: the sample split into two class-stratified
+    halves, calibrated on one and applied to the other, both ways; the pooled ECE of those
+    site probabilities against the bundled ECE on the same images."""
+    y = np.asarray(labels, dtype="int64").ravel()
+    p = np.asarray(bundled_probabilities, dtype="float64").ravel()
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(y), dtype=int)
+    for label in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        half[idx[len(idx) // 2:]] = 1
+    site_p = np.empty_like(p)
+    for k in (0, 1):
+        on, off = half == k, half != k
+        scale, bias = fit_site(y[on], p[on])
+        site_p[off] = apply_calibration(p[off], scale, bias)
+    return {"site": m.expected_calibration_error(y, site_p, config.CALIBRATION_BINS),
+            "bundled": m.expected_calibration_error(y, p, config.CALIBRATION_BINS)}
+
+
+def acceptance_problem(calibration: SiteCalibration) -> str | None:
+    """Why the app refuses this calibration, or None: fewer than ``config.SITE_SMALL_PER_CLASS``
+    images of a class, or a cross-fitted reliability (:func:`cross_fitted_ece`) worse than the
+    bundled calibration's on the same sample. One plain sentence each."""
+    c = calibration.counts
+    if min(c["NORMAL"], c["PNEUMONIA"]) < config.SITE_SMALL_PER_CLASS:
+        return (f"The sample has {c['NORMAL']} NORMAL and {c['PNEUMONIA']} PNEUMONIA images that "
+                f"pneumo could read and answer about; a site calibration needs at least "
+                f"{config.SITE_SMALL_PER_CLASS} of each. Nothing was changed.")
+    ece = cross_fitted_ece(calibration.labels, calibration.bundled_probabilities)
+    if ece["site"] > ece["bundled"]:
+        return (f"On this sample a site calibration would make the probabilities less reliable "
+                f"(calibration error {ece['bundled']:.3f} with the bundled calibration, "
+                f"{ece['site']:.3f} with the site's, each measured on images it was not fitted "
+                "to). Nothing was changed.")
+    return None
 
 
 def summary_lines(calibration: SiteCalibration, report: SampleReport | None = None) -> list[str]:
