@@ -135,7 +135,7 @@ def _reading_body(r: reader.Reading, key: str, label: str, muted: bool) -> None:
             middle.info(empty, icon=":material/check_circle:")
     with right:
         st.metric("Probability of pneumonia", wording.probability_text(r.probability))
-        site_note = ui.site_note(r)
+        site_note = ui.site_note(r, threshold)
         if site_note:
             st.caption(site_note)
         for line in ui.evidence_lines(r.probability):

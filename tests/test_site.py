@@ -429,8 +429,11 @@ def test_read_page_shows_the_site_calibrated_probability(site_file, predictor, m
     q = site_file.apply(p)
     assert shown == [wording.probability_text(q)]
     captions = [c.value for c in at.caption]
-    assert (f"Calibrated for {SITE}; the model's own probability: "
-            f"{wording.probability_text(p)}.") in captions
+    note = next(c for c in captions if c.startswith(f"Calibrated for {SITE};"))
+    assert note.startswith(f"Calibrated for {SITE}; the model's own probability: "
+                           f"{wording.probability_text(p)}.")
+    # the threshold in use is the site's recommended one: the card says what that means (#21)
+    assert f"{SITE}'s recommended threshold ({wording.percent(round(site_file.recommended, 3))})" in note
     labels, probs = site_file.sample()
     assert wording.evidence_line(q, probs, labels, source="site-sample") in captions
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
-from pneumo import config
+from pneumo import audit, config
+from pneumo.app import access
 from pneumo.evaluation import artifacts
 from pneumo.reading import reader, site, wording
 from pneumo.reading import trust as trust_states
@@ -33,6 +34,9 @@ PAGES = (  # (script, title, icon); the first is the home page
     ("pages/threshold_explorer.py", "Threshold explorer", ":material/tune:"),
     ("pages/model_card.py", "Model card", ":material/description:"),
 )
+ADMIN_PAGES = (  # shown to administrators only (everyone in laptop mode)
+    ("pages/audit.py", "Audit", ":material/policy:"),
+)
 _APP = threading.local()  # .running: the entry script is running a page in this thread
 
 
@@ -40,9 +44,12 @@ def run_app() -> None:
     """The entry script: page setup, model warm-up, the shared sidebar (threshold, intended use),
     the navigation, then the page asked for."""
     st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
+    user = access.gate(forget_session)  # sign-in, role, or stop here: nothing below is reachable
+    audit_store()  # opened (tables made) at start-up: a wrong audit database stops here
     explainer()  # once per server: starts loading and warming the model in the background
+    allowed = PAGES + (ADMIN_PAGES if user.is_admin else ())
     pages = [st.Page(script, title=title, icon=icon, default=i == 0)
-             for i, (script, title, icon) in enumerate(PAGES)]
+             for i, (script, title, icon) in enumerate(allowed)]
     threshold_slider()
     intended_use_notice()
     page = st.navigation(pages)
@@ -277,6 +284,7 @@ def read_uploads(uploads, segmenter=None, quality_checker=None,
                 scope_check=scope_check())
             for reading in results:
                 cache[reading.digest] = reading
+            record_readings([site_reading(r) for r in results])  # one audit record each, now
             if on_read is not None:
                 on_read(len(new))
             unreadable = sum(1 for r in results if r.error)
@@ -322,6 +330,7 @@ def read_corrected(reading: Reading, segmenter=None) -> bool:
                                   segmenter=segmenter, scope_check=scope_check())
     if found:
         st.session_state.setdefault(CORRECTED_KEY, {})[reading.digest] = found[0]
+        record_readings([site_reading(found[0])], audit.READING_CORRECTED)
     return bool(found)
 
 
@@ -381,13 +390,21 @@ def site_reading(reading: Reading) -> Reading:
     return site.calibrate_reading(reading, active_site())
 
 
-def site_note(reading: Reading) -> str | None:
-    """"Calibrated for X; the model's own probability: 73 %." for a site-calibrated reading."""
+def site_note(reading: Reading, threshold: float | None = None) -> str | None:
+    """"Calibrated for X; the model's own probability: 73 %." for a site-calibrated reading, and,
+    when the threshold in use is the site's recommended one, what it means: a PNEUMONIA badge
+    above a probability under 50 % is otherwise a puzzle."""
     cal = active_site()
     if cal is None or reading.bundled_probability is None:
         return None
-    return (f"Calibrated for {cal.site}; the model's own probability: "
+    note = (f"Calibrated for {cal.site}; the model's own probability: "
             f"{wording.probability_text(reading.bundled_probability)}.")
+    if threshold is not None and abs(threshold - round(cal.recommended, 3)) < 5e-4:
+        note += (f" The decision uses {cal.site}'s recommended threshold "
+                 f"({wording.percent(threshold)}), the highest that found at least "
+                 f"{wording.percent(config.RECOMMENDED_SENSITIVITY_TARGET)} of the pneumonias in "
+                 "its own sample: films from there up are flagged.")
+    return note
 
 
 def site_calibration_enabled() -> bool:
