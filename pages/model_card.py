@@ -32,6 +32,35 @@ st.markdown(
 training = ui.training()
 metrics = ui.metrics()
 
+st.subheader("Who pneumo answers about")
+population = ui.population_record()
+scope_figures = metrics.raw.get("scope") if metrics else None
+lines = ["- **Intended population**: children aged 1-5 years, frontal (PA or AP) chest X-rays. A "
+         "DICOM header stating another age, a lateral, oblique or decubitus view, another body "
+         "part or another modality puts an image out of scope; its age decides over the pixels."]
+if population:
+    cv = population["cross_validation"]
+    lines.append(
+        "- **From the pixels**, when no age is stated: a check fitted on this model's features "
+        "(Kermany training children against NIH ChestX-ray14 patients aged 7-85) calls "
+        f"{cv['older_18+_originals']['flagged']:.1%} of held-out adults and "
+        f"{cv['older_10-17_originals']['flagged']:.1%} of held-out 10-17-year-olds older than "
+        f"the population, and {cv['children_val_originals']['flagged']:.1%} of held-out children "
+        "from the training population (patient-grouped cross-validation). Adults from another "
+        "hospital are caught less often (87 % in one measured set): the check learnt 'older' "
+        "from one hospital's films.")
+if scope_figures:
+    share = scope_figures["share"]
+    t = scope_figures["trusted"]
+    lines.append(
+        f"- **On the official test set**: {share['out_of_scope']:.1%} of the children were put "
+        f"out of scope; on the {t['n']} others the figures are AUC {t['auc']:.3f}, accuracy "
+        f"{t['accuracy']:.3f}, sensitivity {t['sensitivity']:.3f}, specificity "
+        f"{t['specificity']:.3f}.")
+lines.append("- **Not caught reliably**: lateral views without a DICOM header saying so, and a "
+             "film cut to one lung. The full table: docs/scope.md in the project.")
+st.markdown("\n".join(lines))
+
 st.subheader("Test-set performance (official split, 624 images)")
 if metrics:
     t = metrics.test_at_recommended
@@ -73,7 +102,7 @@ if local:
         *local.sample(), config.CALIBRATION_BINS, split=f"{local.site}, site-calibrated"),
         width="stretch")
     st.caption(site.model_card_note(local))
-if ui.site_calibration_enabled():
+if ui.site_calibration_enabled() and ui.is_admin():  # an administrator's (issue #24)
     ui.site_calibration_section()
 
 st.subheader("Do the heat maps sit on the lungs?")

@@ -168,6 +168,14 @@ def ood_detector():
     return ood.load_detector()
 
 
+@st.cache_data(show_spinner=False)
+def population_record() -> dict | None:
+    """``weights/population.json``: the pixel population check's fit and figures, or None."""
+    from pneumo.models.population import read_record
+
+    return read_record()
+
+
 def scope_check():
     """The scope check (DICOM header, then the pixel population check of
     ``weights/population.npz`` when present), cached per version of that file."""

@@ -49,6 +49,14 @@ def population_file(weights_dir: Path | None = None) -> Path:
     return Path(weights_dir or config.WEIGHTS_DIR) / config.POPULATION_FILE
 
 
+def read_record(weights_dir: Path | None = None) -> dict | None:
+    """``weights/population.json`` (the fit and its cross-validated figures), or None."""
+    import json
+
+    path = Path(weights_dir or config.WEIGHTS_DIR) / config.POPULATION_RECORD_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def load_population(path: Path | None = None) -> PopulationCheck | None:
     """The check stored beside the model, or None when there is none."""
     path = Path(path) if path is not None else population_file()
