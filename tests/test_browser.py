@@ -258,3 +258,50 @@ def test_the_privacy_walk_lists_only_new_regular_files(tmp_path):
     (tmp_path / "chromium-profile").mkdir()
     (tmp_path / "chromium-profile" / "cache.bin").write_bytes(b"z")
     assert _files_written_since(tmp_path, since=2_000_000) == [new]
+
+
+def test_a_batch_of_twenty_puts_its_five_doubtful_films_first_with_no_bare_decision(server, browser):
+    """Issue #21's target: in a 20-film batch with 5 turned, flipped or inverted films, the 5
+    come first (visible without scrolling the table) and none says NORMAL or PNEUMONIA
+    unqualified: in the table's CSV, in the flagged list under the table, and in the screenshot."""
+    import csv
+    import io
+
+    from PIL import Image
+
+    test_dir = config.SHARED_DATA_DIR / "test"
+    if not test_dir.exists():
+        pytest.skip("needs ../shared/data/chest_xray")
+    paths = sorted(test_dir.glob("*/*.jpeg"))[5::29][:20]
+    turns = {0: lambda a: 255 - a, 1: lambda a: np.rot90(a), 2: lambda a: a[::-1],
+             3: lambda a: np.rot90(a, 2), 4: lambda a: np.rot90(a, 3)}
+    files = []
+    for i, path in enumerate(paths):
+        if i % 4 == 0 and i // 4 in turns:  # films 0, 4, 8, 12, 16 turned or inverted
+            grey = np.asarray(Image.open(path).convert("L"))
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(turns[i // 4](grey))).save(buf, format="PNG")
+            files.append((f"turned_{path.stem}.png", buf.getvalue()))
+        else:
+            files.append((path.name, path.read_bytes()))
+    page = browser.new_page()
+    _open_reader(page, server["url"])
+    _upload(page, files)
+    page.get_by_text("Download worklist (CSV)").first.wait_for(timeout=240_000)
+    page.get_by_text("Flagged only (").first.wait_for(timeout=60_000)
+    with page.expect_download() as got:
+        page.get_by_text("Download worklist (CSV)").first.click()
+    rows = list(csv.DictReader(io.StringIO(Path(got.value.path()).read_text(encoding="utf-8"))))
+    assert len(rows) == 20
+    turned = [r for r in rows if r["file"].startswith("turned_")]
+    assert len(turned) == 5
+    for row in turned:
+        assert row["trust"] != "trusted" and row["decision"] not in ("NORMAL", "PNEUMONIA"), row
+    flagged = [r for r in rows if r["trust"] != "trusted"]
+    assert rows[:len(flagged)] == flagged  # flagged first: the table shows them at its top
+    assert len(flagged) <= 10  # the table's first screen holds them all
+    listed = page.get_by_text("Flagged (the link opens the card)").locator("..").inner_text()
+    assert all(r["file"] in listed for r in turned)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "worklist_five_doubtful.png"), full_page=False)
+    page.close()
