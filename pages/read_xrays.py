@@ -67,6 +67,7 @@ errors = [r for r in readings if r.error]
 for r in errors:
     st.error(f"**{r.name}** was not read: {r.error}", icon=":material/error:")
 
+ui.read_requested_corrections(readings, segmenter)  # the correction buttons' requests, in order
 current = ui.current_readings(readings)  # a corrected copy's reading replaces the file's own
 rows = reader.worklist_rows(current, threshold, ui.site_name())  # flagged first, then by probability
 if len(readings) > 1:
@@ -101,6 +102,7 @@ def show_reading(r: reader.Reading, key: str) -> None:
                 if code != quality.LOW_RESOLUTION:
                     st.warning(message, icon=":material/screen_rotation:")
         if not st.toggle("Show the reading anyway", key=f"anyway-{key}",
+                         on_change=ui.shown_anyway, args=(r, f"anyway-{key}"),  # audit record
                          help="Shows the probability and heat map greyed: pneumo was not "
                               "validated on images like this one."):
             with st.container(key=f"{ui.MUTED_CARD}-{key}-hidden"):
@@ -177,13 +179,11 @@ for row in rows:
         fixed = ui.corrected_reading(r)
         if fixed is None:
             codes = r.quality.codes
-            if st.button(quality.correction_label(codes), key=f"correct-{key}",
-                         icon=":material/rotate_right:", type="primary",
-                         help="Reads a copy of the image that pneumo turned or inverted back; "
-                              "the file itself is not changed."):
-                with st.spinner("Reading the corrected image..."):
-                    if ui.read_corrected(r, segmenter):
-                        st.rerun()  # show it in place of the button
+            st.button(quality.correction_label(codes), key=f"correct-{key}",
+                      icon=":material/rotate_right:", type="primary",
+                      on_click=ui.request_correction, args=(r.digest,),  # kept across reruns
+                      help="Reads a copy of the image that pneumo turned or inverted back; "
+                           "the file itself is not changed.")
         else:
             st.markdown("##### Reading of the corrected image")
             st.info(fixed.notes[0], icon=":material/auto_fix_high:")

@@ -778,3 +778,26 @@ def test_empty_heat_map_and_the_lung_caution_only_at_or_above_the_threshold():
     assert ui.lung_lines(r, "Grad-CAM++", 0.5) == (wording.lung_share_text(0.2), None)  # below
     assert ui.lung_lines(r, "Grad-CAM++", 0.3) == (wording.lung_share_text(0.2),
                                                     OUTSIDE_LUNGS_CAUTION)  # at the threshold
+
+
+def test_two_correction_clicks_in_quick_succession_both_count(shared_data):
+    """#21: two correction buttons clicked 0.6 s apart lost one (the second click's rerun
+    interrupted the first's). The clicks are now requests kept in the session: both are read."""
+    from pneumo.io.images import load_image
+    from pneumo.models import quality
+
+    _quality_model()
+    paths = sorted((shared_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
+    files = [(f"turned{i}.png", png_bytes(quality.apply(load_image(p), "rot90")), "image/png")
+             for i, p in enumerate(paths)]
+    at = _app()
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception, at.exception
+    buttons = [b for b in at.button if b.label == "Read it turned the right way"]
+    assert len(buttons) == 2
+    buttons[0].click()
+    buttons[1].click()  # both before the app runs again: one rerun for two clicks
+    at.run()
+    assert not at.exception, at.exception
+    assert not any(b.label == "Read it turned the right way" for b in at.button)
+    assert [i.value for i in at.info].count(quality.correction_note(["rot90"])) == 2

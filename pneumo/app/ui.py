@@ -342,6 +342,32 @@ def read_corrected(reading: Reading, segmenter=None) -> bool:
     return bool(found)
 
 
+_CORRECTION_REQUESTS_KEY = "correction_requests"
+
+
+def request_correction(digest: str) -> None:
+    """A correction button's callback: the request is kept in the session, so a second click
+    that interrupts the first one's run does not lose it (#21)."""
+    requests = st.session_state.setdefault(_CORRECTION_REQUESTS_KEY, [])
+    if digest not in requests:
+        requests.append(digest)
+
+
+def read_requested_corrections(readings: list[Reading], segmenter=None) -> None:
+    """Read the corrected copy of every film whose correction was asked for and is not read
+    yet, in the order asked; each request is dropped once its reading is kept."""
+    requests = st.session_state.get(_CORRECTION_REQUESTS_KEY, [])
+    if not requests:
+        return
+    by_digest = {r.digest: r for r in readings}
+    with st.spinner("Reading the corrected image..."):
+        for digest in list(requests):
+            reading = by_digest.get(digest)
+            if reading is not None and corrected_reading(reading) is None:
+                read_corrected(reading, segmenter)
+            requests.remove(digest)
+
+
 def current_readings(readings: list[Reading]) -> list[Reading]:
     """Each reading, or the reading of its corrected copy when one was asked for: what the
     worklist and its CSV report."""
