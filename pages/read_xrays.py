@@ -187,4 +187,5 @@ for row in rows:
         else:
             st.markdown("##### Reading of the corrected image")
             st.info(fixed.notes[0], icon=":material/auto_fix_high:")
+            st.caption(quality.CHECK_CORRECTED)
             show_reading(fixed, f"{key}-corrected")

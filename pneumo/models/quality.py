@@ -305,7 +305,10 @@ def correction_note(codes: Sequence[str]) -> str:
     if not done:
         return ""
     return ("Corrected by pneumo, not the image as uploaded: " + " and ".join(done) +
-            " before reading. Check the image below is the right way round.")
+            " before reading.")  # also a CSV note: no "the image below" here (#21)
+
+
+CHECK_CORRECTED = "Check the image below is the right way round."  # the card's words under it
 
 
 def correction_label(codes: Sequence[str]) -> str:
