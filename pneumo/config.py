@@ -194,3 +194,16 @@ POPULATION_FILE = "population.npz"  # written by `python -m pneumo.population --
 POPULATION_RECORD_FILE = "population.json"  # its fit, cross-validation figures and threshold rule
 POPULATION_MAX_CHILD_FLAG = 0.01  # held-out training-population views allowed a flag (rule 2; docs/scope.md)
 NO_LUNGS_OUT_OF_SCOPE = True  # an image with no plausible lung fields gets no reading
+
+# Sign-in, roles and the audit trail (pneumo.app.access, pneumo.audit; README "Sign-in and audit")
+# Sign-in is on when .streamlit/secrets.toml has an [auth] section (Streamlit's OpenID Connect).
+# Roles come from one claim of the identity token; a [pneumo.roles] section in the secrets
+# (claim, reader, admin) overrides these. A dotted claim reads a nested one ("realm_access.roles").
+SECRETS_FILE = PROJECT_ROOT / ".streamlit" / "secrets.toml"
+ROLE_CLAIM = "roles"
+READER_ROLES = ("pneumo-reader",)  # any of these values in the claim: a reader
+ADMIN_ROLES = ("pneumo-admin",)  # any of these: an administrator (who may also read)
+AUDIT_URL_ENV = "PNEUMO_AUDIT_URL"  # a SQLAlchemy URL; else [audit] url in the secrets; else:
+AUDIT_URL_DEFAULT = "sqlite:///~/.local/share/pneumo/audit.sqlite3"  # outside the checkout
+AUDIT_RETENTION_DAYS = 2190  # six years; [audit] retention_days overrides; purged only by
+# `python -m pneumo.audit --purge` (never by the app)

@@ -11,6 +11,10 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The audit trail (pneumo.audit) of the app and command lines run by the tests goes to a file of
+# this test session, never to the user's ~/.local/share/pneumo (children inherit the variable).
+os.environ.setdefault("PNEUMO_AUDIT_URL", "sqlite:///" + os.path.join(
+    __import__("tempfile").mkdtemp(prefix="pneumo-test-audit-"), "audit.sqlite3"))
 
 from pneumo import config  # noqa: E402
 

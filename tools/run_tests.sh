@@ -3,7 +3,8 @@
 # Installs into a virtual environment: the active one, else .venv (made with python3 when missing;
 # a stock Debian/Ubuntu python3 refuses a bare pip install, PEP 668): the pinned packages of
 # requirements-dev.txt and pneumo itself (pip install -e .); as root also Debian's Chromium for the
-# browser test, and Orthanc, its DICOMweb plugin and dicom3tools for the PACS tests.
+# browser test, Orthanc, its DICOMweb plugin and dicom3tools for the PACS tests, and PostgreSQL
+# for the audit store's test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,17 @@ if [ ${#pacs_packages[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pacs_packages[@]}" >/dev/null
   else
     echo "note: ${pacs_packages[*]} missing and cannot be installed here; the PACS tests will skip"
+  fi
+fi
+
+# The audit store's PostgreSQL test (tests/test_audit.py) runs Debian's PostgreSQL, started by
+# the test itself as a user other than root on a free loopback port; without it that test skips.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # (on a machine with systemd this also starts Debian's own cluster on port 5432; unused)
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "note: postgresql missing and cannot be installed here; the PostgreSQL audit test will skip"
   fi
 fi
 
