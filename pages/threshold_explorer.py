@@ -19,6 +19,8 @@ with st.container(horizontal=True, vertical_alignment="center"):
         st.button(label, on_click=ui.set_threshold, args=(value,), width="content",
                   key=f"preset-{label}")
 
+ui.department_threshold_control()  # administrators: the slider's start for every user
+
 source = st.radio("Evidence", ui.evidence_options(), horizontal=True, key="evidence_split")
 data = ui.evidence(source)
 if data is None:

@@ -46,6 +46,7 @@ def run_app() -> None:
     st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
     user = access.gate(forget_session)  # sign-in, role, or stop here: nothing below is reachable
     audit_store()  # opened (tables made) at start-up: a wrong audit database stops here
+    audit_error_notice()
     explainer()  # once per server: starts loading and warming the model in the background
     allowed = PAGES + (ADMIN_PAGES if user.is_admin else ())
     pages = [st.Page(script, title=title, icon=icon, default=i == 0)
@@ -290,9 +291,9 @@ def read_uploads(uploads, segmenter=None, quality_checker=None,
                 progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
                 segmenter=segmenter, quality_checker=quality_checker, digests=list(new),
                 scope_check=scope_check())
+            record_readings([site_reading(r) for r in results])  # one audit record each, first
             for reading in results:
                 cache[reading.digest] = reading
-            record_readings([site_reading(r) for r in results])  # one audit record each, now
             if on_read is not None:
                 on_read(len(new))
             unreadable = sum(1 for r in results if r.error)
@@ -584,13 +585,15 @@ def thresholds() -> dict[str, float]:
     """
     found = metrics()
     cal = active_site()
-    default = recommended_threshold()
+    department = department_threshold()
+    default = start_threshold()
 
     def named(label: str, value: float) -> str:  # the slider starts at the default
         return f"{label} ({value:.3f}, default)" if value == default else f"{label} ({value:.3f})"
 
-    presets = {"0.5" + (" (default)" if default == config.DEFAULT_THRESHOLD else ""):
-               config.DEFAULT_THRESHOLD}
+    presets = {} if department is None else {f"Department default ({department:.3f})": department}
+    presets["0.5" + (" (default)" if default == config.DEFAULT_THRESHOLD else "")] = \
+        config.DEFAULT_THRESHOLD
     if cal is not None:
         presets[named("Site recommended", cal.recommended)] = cal.recommended
         presets[named("Site high sensitivity", cal.high_sensitivity)] = cal.high_sensitivity
@@ -630,8 +633,16 @@ def recommended_threshold() -> float:
     return config.DEFAULT_THRESHOLD if found is None else found.thresholds.recommended_shown
 
 
+def start_threshold() -> float:
+    """Where a session's slider starts: the department's default threshold when an administrator
+    set one (under the calibration in use), else :func:`recommended_threshold`."""
+    department = department_threshold()
+    return recommended_threshold() if department is None else department
+
+
 def current_threshold() -> float:
-    return float(st.session_state.get(THRESHOLD_KEY, recommended_threshold()))
+    value = st.session_state.get(THRESHOLD_KEY)
+    return float(start_threshold() if value is None else value)
 
 
 def set_threshold(value: float) -> None:
@@ -652,9 +663,10 @@ def threshold_slider() -> float:
     cal = active_site()
     key = None if cal is None else [cal.site, cal.created, cal.scale, cal.bias]
     if st.session_state.get(_SITE_KEY, key) != key:  # the probability scale changed under us
-        st.session_state[THRESHOLD_KEY] = recommended_threshold()
+        st.session_state[THRESHOLD_KEY] = start_threshold()
     st.session_state[_SITE_KEY] = key
-    st.session_state.setdefault(THRESHOLD_KEY, recommended_threshold())
+    if THRESHOLD_KEY not in st.session_state:  # then the user's own, for the session
+        st.session_state[THRESHOLD_KEY] = start_threshold()
     st.session_state[_SLIDER_KEY] = st.session_state[THRESHOLD_KEY]
     st.sidebar.slider(
         "Decision threshold on P(pneumonia)", min_value=0.0, max_value=1.0, step=0.001,
@@ -970,3 +982,146 @@ def png_bytes_later(rgb: np.ndarray):
         return buf.tobytes()
 
     return encode
+
+
+# --- sign-in, audit trail and the department's default threshold (pneumo.app.access, pneumo.audit)
+
+_AUDIT_ERROR_KEY = "audit_error"  # a record a callback could not write: said on the next run
+
+
+def forget_session() -> None:
+    """Sign-out (or an expired sign-in): the session's readings and threshold are forgotten."""
+    for key in (READINGS_KEY, CORRECTED_KEY, SHOWN_KEY, IN_BOX_KEY, THRESHOLD_KEY, _SITE_KEY):
+        st.session_state.pop(key, None)
+
+
+def is_admin() -> bool:
+    """Site calibration, the department's threshold and the audit page are an administrator's
+    (everyone's on a laptop without sign-in)."""
+    return access.current().is_admin
+
+
+def require_admin() -> None:
+    """First line after :func:`page_setup` on an administrator's page."""
+    if not is_admin():
+        st.error("This page is for pneumo administrators.", icon=":material/block:")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _audit_store(url: str) -> audit.AuditStore:
+    return audit.AuditStore(url)  # makes the tables (metadata.create_all) once per server
+
+
+def audit_settings() -> audit.AuditSettings:
+    section = access.secrets().get("audit", {})
+    if not isinstance(section, dict):
+        raise audit.AuditError("[audit] in .streamlit/secrets.toml must be a table "
+                               "(url = ..., retention_days = ...).")
+    return audit.load_settings(section)
+
+
+def audit_store() -> audit.AuditStore:
+    """The server's audit store; a wrong or unreachable audit database stops the run with one
+    sentence (pneumo shows nothing it cannot record)."""
+    try:
+        return _audit_store(audit_settings().url)
+    except audit.AuditError as err:
+        st.error(f"**pneumo cannot start.** {err} See README, \"Sign-in and audit\".",
+                 icon=":material/error:")
+        st.stop()
+
+
+def record_readings(readings: list[Reading], action: str = audit.READING) -> None:
+    """One audit record per reading, at the threshold in force; stops the run when the records
+    cannot be written (the readings are then not shown)."""
+    if not readings:
+        return
+    try:
+        audit_store().record_readings(access.current().actor, readings, current_threshold(), action)
+    except audit.AuditError as err:
+        st.error(f"{err} The readings are not shown: pneumo shows nothing it could not record.",
+                 icon=":material/error:")
+        st.stop()
+
+
+def shown_anyway(reading: Reading, toggle_key: str) -> None:
+    """Callback of "Show the reading anyway": one record when it is turned on."""
+    if not st.session_state.get(toggle_key):
+        return
+    try:
+        audit_store().record_readings(access.current().actor, [reading], current_threshold(),
+                                      audit.READING_SHOWN_ANYWAY)
+    except audit.AuditError as err:
+        st.session_state[toggle_key] = False
+        st.session_state[_AUDIT_ERROR_KEY] = str(err)
+
+
+def audit_error_notice() -> None:
+    found = st.session_state.pop(_AUDIT_ERROR_KEY, None)
+    if found:
+        st.error(f"{found} Nothing was shown.", icon=":material/error:")
+
+
+def _calibration_key() -> list | None:
+    cal = active_site()
+    return None if cal is None else [cal.site, cal.created, cal.scale, cal.bias]
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _department_setting(url: str):
+    return audit_store().setting(audit.DEFAULT_THRESHOLD_KEY)
+
+
+def department_threshold() -> float | None:
+    """The department's default threshold (the audit database's settings, so every replica reads
+    it; re-read every 10 s at most), or None when none is set, or it was set under another
+    calibration than the one in use (its probability scale is then another)."""
+    value = _department_setting(audit_settings().url)
+    if not isinstance(value, dict) or value.get("calibration") != _calibration_key():
+        return None
+    return float(value["threshold"])
+
+
+def set_department_threshold(value: float | None) -> None:
+    """An administrator's change (``None``: back to the recommended one), recorded with the old
+    and new values."""
+    new = None if value is None else {"threshold": round(float(value), 3),
+                                      "calibration": _calibration_key()}
+    audit_store().change_setting(access.current().actor, audit.DEFAULT_THRESHOLD_KEY, new,
+                                 audit.DEFAULT_THRESHOLD)
+    _department_setting.clear()
+
+
+def department_threshold_control() -> None:
+    """The explorer's administrator section: make the slider's value the department's default."""
+    if not is_admin():
+        return
+    st.subheader("The department's default threshold")
+    department = department_threshold()
+    threshold = current_threshold()
+    st.caption(
+        "Every user's slider starts at it when they open pneumo (theirs stays their own for the "
+        "session). "
+        + ("None is set: it starts at the recommended threshold "
+           f"({recommended_threshold():.3f})." if department is None
+           else f"Now {department:.3f}."))
+    left, right = st.columns(2)
+    if left.button(f"Make {threshold:.3f} the department's default", key="department_set",
+                   disabled=department is not None and abs(department - threshold) < 5e-4,
+                   icon=":material/save:"):
+        try:
+            set_department_threshold(threshold)
+        except audit.AuditError as err:
+            st.error(str(err), icon=":material/error:")
+            return
+        st.success(f"The department's default threshold is now {threshold:.3f}.",
+                   icon=":material/check_circle:")
+    if department is not None and right.button("Back to the recommended threshold",
+                                               key="department_clear", icon=":material/undo:"):
+        try:
+            set_department_threshold(None)
+        except audit.AuditError as err:
+            st.error(str(err), icon=":material/error:")
+            return
+        st.rerun()
