@@ -1,0 +1,42 @@
+"""Issue #25's recipe H records (``benchmarks/recipe_h/seed*.json``): each seed's verdict follows
+from its validation figures under the rule declared before the runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import ROOT
+
+FOLDER = ROOT / "benchmarks" / "recipe_h"
+RECORDS = sorted(FOLDER.glob("seed*.json"))
+
+
+def _judge():
+    spec = importlib.util.spec_from_file_location("recipe_h_judge", FOLDER / "judge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_rule_can_fail():
+    judge = _judge()
+    good = {"flip_equivariance": 0.93, "unflipped_correlation": 0.64, "val_log_loss": 0.097,
+            "side_preference": 0.66}
+    assert all(judge.conditions(good).values())
+    assert not judge.conditions({**good, "side_preference": 0.96})["side_preference"]  # run 3's
+    assert not judge.conditions({**good, "flip_equivariance": 0.55})["flip_equivariance"]
+    assert not judge.conditions({**good, "flip_equivariance": 0.85,
+                                 "unflipped_correlation": 0.9})["flip_equivariance"]
+    assert not judge.conditions({**good, "val_log_loss": 0.11})["log_loss"]
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+def test_each_seed_verdict_follows_from_its_figures(path):
+    judge = _judge()
+    record = json.loads(path.read_text())
+    assert record["rule"] == judge.RULE  # the declared rule, unchanged
+    met = judge.conditions(record["validation_pneumonia"])
+    assert record["conditions"] == met and record["meets_rule"] == all(met.values())
+    assert record["seed"] in judge.RULE["seeds"]
