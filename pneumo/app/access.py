@@ -200,7 +200,18 @@ def secrets() -> dict:
     return {}
 
 
+def _nothing() -> None:
+    """The one page a stopped run registers (never run)."""
+
+
+def _no_pages(title: str) -> None:
+    """Register one hidden page, so Streamlit lists none of pneumo's pages (its own listing of
+    the pages/ folder would name them to a signed-out visitor)."""
+    st.navigation([st.Page(_nothing, title=title, url_path="pneumo")], position="hidden")
+
+
 def _stop(message: str) -> None:
+    _no_pages("pneumo")
     st.error(f"**pneumo cannot start.** {message} See README, \"Sign-in and audit\".",
              icon=":material/error:")
     st.stop()
@@ -224,6 +235,7 @@ def gate(forget_session: Callable[[], None]) -> Access:
     if not st.user.is_logged_in:
         st.session_state.pop(_ACCESS_KEY, None)
         forget_session()  # e.g. the identity cookie expired
+        _no_pages("Sign in")
         _sign_in_page(found["auth"])
         st.stop()
     access = user_access(st.user.to_dict(), role_rules(found))
@@ -234,6 +246,7 @@ def gate(forget_session: Callable[[], None]) -> Access:
         st.button("Sign out", key="sign_out", icon=":material/logout:",
                   on_click=_sign_out, args=(forget_session,))
     if access.role is None:
+        _no_pages("No access")
         _no_access_page(access)
         st.stop()
     return access
