@@ -212,3 +212,31 @@ def test_sign_out_forgets_the_readings(monkeypatch, tmp_path):
     assert not at.exception, at.exception
     assert ui.READINGS_KEY not in at.session_state
     assert _page_titles(at) == ["pneumo"]  # the sign-in page
+
+
+def _site_change_script():
+    from types import SimpleNamespace
+
+    from pneumo.app import ui
+
+    cal = SimpleNamespace(site="St Mary's", created="2026-12-01", scale=0.9, bias=-1.2,
+                          recommended=0.31, high_sensitivity=0.12,
+                          counts={"NORMAL": 120, "PNEUMONIA": 80})
+    ui.record_site_change(None, cal)
+    ui.record_site_change(cal, None)
+
+
+def test_a_site_calibration_change_is_recorded_with_old_and_new_values(monkeypatch, tmp_path):
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    url = f"sqlite:///{tmp_path}/audit.sqlite3"
+    monkeypatch.setenv("PNEUMO_AUDIT_URL", url)
+    at = AppTest.from_function(_site_change_script, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    written, removed = reversed(audit.AuditStore(url).records(action=audit.SITE_CALIBRATION))
+    assert written["old_value"] is None and json.loads(written["new_value"])["scale"] == 0.9
+    assert json.loads(removed["old_value"])["site"] == "St Mary's" and removed["new_value"] is None
+    assert written["subject"].startswith("os:")  # laptop mode: the server's OS user

@@ -480,6 +480,7 @@ def site_calibration_section() -> None:
                        "again.", icon=":material/warning:")
             if st.button("Yes, remove it", key="site_remove_confirm", icon=":material/delete:"):
                 site.remove()
+                record_site_change(current, None)  # audit: old and new values
                 st.session_state.pop(THRESHOLD_KEY, None)
                 st.session_state[_CALIBRATION_DONE_KEY] = {
                     "lines": [f"Removed the calibration for {current.site}; the bundled one is in use."],
@@ -556,7 +557,9 @@ def site_calibration_section() -> None:
 
 
 def _write_site(calibration, lines: list[str], report=None) -> None:
+    before = active_site()
     path = site.save(calibration)
+    record_site_change(before, calibration)  # audit: old and new values
     st.session_state.pop(_PENDING_SITE_KEY, None)
     st.session_state[_CALIBRATION_DONE_KEY] = {
         "lines": lines + [f"Written to {path}. The threshold is now the site's recommended one."],
@@ -1054,13 +1057,13 @@ def shown_anyway(reading: Reading, toggle_key: str) -> None:
                                       audit.READING_SHOWN_ANYWAY)
     except audit.AuditError as err:
         st.session_state[toggle_key] = False
-        st.session_state[_AUDIT_ERROR_KEY] = str(err)
+        st.session_state[_AUDIT_ERROR_KEY] = f"{err} The reading was not shown."
 
 
 def audit_error_notice() -> None:
     found = st.session_state.pop(_AUDIT_ERROR_KEY, None)
     if found:
-        st.error(f"{found} Nothing was shown.", icon=":material/error:")
+        st.error(found, icon=":material/error:")
 
 
 def _calibration_key() -> list | None:
@@ -1125,3 +1128,19 @@ def department_threshold_control() -> None:
             st.error(str(err), icon=":material/error:")
             return
         st.rerun()
+
+
+def _site_summary(cal) -> dict | None:
+    return None if cal is None else {
+        "site": cal.site, "created": cal.created, "scale": cal.scale, "bias": cal.bias,
+        "recommended": cal.recommended, "high_sensitivity": cal.high_sensitivity,
+        "counts": dict(cal.counts)}
+
+
+def record_site_change(old, new) -> None:
+    """One audit record of a site calibration written or removed (its numbers, no image)."""
+    try:
+        audit_store().record(access.current().actor, audit.SITE_CALIBRATION,
+                             old=_site_summary(old), new=_site_summary(new))
+    except audit.AuditError as err:
+        st.session_state[_AUDIT_ERROR_KEY] = f"{err} (The site calibration change was made.)"
