@@ -11,31 +11,50 @@ model, the out-of-distribution check, and the lung fields when ``weights/lungs.k
 ``gradcam_in_lungs`` is the share of the Grad-CAM heat map inside the lungs, ``lung_warning``
 says when no plausible lung fields were found; and the image-quality check
 (:mod:`pneumo.models.quality`): ``quality`` lists its finding codes, e.g. ``rot90; low_resolution``).
-Only ``--batch-size`` files are held in memory at a time and the CSV is written as the run goes.
-An unreadable file gets a row with an error message; the run goes on.
+Only ``--batch-size`` files are held in memory at a time and the CSV is written as the run goes
+(Parquet instead when ``--out`` ends in ``.parquet``; :class:`pneumo.cli.rows.RowSink`).
+An unreadable file gets a row with an error message; the run goes on. ``--resume`` keeps the rows
+already in the output and reads only the files it lacks.
+
+``--engine ray`` reads on Ray Data instead (:mod:`pneumo.cli.ray_engine`: a Ray started for the
+run on this machine, or the cluster at ``--address``; the same rows). Ray is an optional extra
+and is imported, let alone started, only when ``--engine ray`` is asked for.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pneumo import config
+from pneumo.cli import rows
 from pneumo.cli.loaders import load_quality_checker, load_scope_check, load_segmenter
+from pneumo.cli.rows import (  # noqa: F401 (the row format is this program's; kept importable here)
+    CAM_SUFFIX,
+    COLUMNS,
+    CSV_FORMATS,
+    Models,
+    RowSink,
+    Settings,
+    cam_path,
+    csv_row,
+    done_files,
+    read_chunk,
+    relative_name,
+    unreadable,
+    write_overlay,
+)
 from pneumo.evaluation import artifacts
-from pneumo.io.files import find_images, read_file
+from pneumo.io.files import find_images
 from pneumo.io.images import SUPPORTED_EXTENSIONS
 from pneumo.reading import reader
-from pneumo.reading.reader import RESULT_COLUMNS, Reading, result_row
 
-_CAM_AFTER = RESULT_COLUMNS.index("notes") + 1  # the heat-map file follows the notes
-COLUMNS = RESULT_COLUMNS[:_CAM_AFTER] + ("cam_file",) + RESULT_COLUMNS[_CAM_AFTER:]
 NOT_READ = reader.NOT_READ
-CAM_SUFFIX = ".gradcam.png"
+ENGINES = ("local", "ray")
 
 
 def default_threshold(weights_dir: Path | None = None) -> float:
@@ -47,41 +66,6 @@ def default_threshold(weights_dir: Path | None = None) -> float:
         print(f"warning: could not read the recommended threshold from {path} ({err}); "
               f"using {config.DEFAULT_THRESHOLD}", file=sys.stderr)
         return config.DEFAULT_THRESHOLD
-
-
-def unreadable(name: str, err: OSError) -> Reading:
-    """A Reading for a file that could not even be opened."""
-    message = str(err) if not err.strerror else f"The file could not be opened ({err.strerror})."
-    return Reading(name=name, digest="", error=message)
-
-
-def cam_path(cams_dir: Path, name: str) -> Path:
-    """Where the overlay of the image at relative path ``name`` goes (keeps subfolders and the
-    full file name, so ``a.png`` and ``a.jpg`` don't collide)."""
-    return cams_dir / (name + CAM_SUFFIX)
-
-
-def write_overlay(path: Path, reading: Reading, method: str) -> None:
-    """Save the ``method`` heat map blended over the reading's display image as a PNG."""
-    from PIL import Image
-
-    from pneumo.models.explain import overlay
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(reading.display, reading.cams[method])).save(path, format="PNG")
-
-
-CSV_FORMATS = {"probability_pneumonia": "{:.6f}", "threshold": "{:g}",
-               "gradcam_in_lungs": "{:.4f}", "bundled_probability": "{:.6f}",
-               "older_score": "{:.4f}"}
-
-
-def csv_row(reading: Reading, threshold: float, cam_file: str = "",
-            calibration: str = "") -> dict[str, str]:
-    """:func:`pneumo.reading.reader.result_row` as CSV text: numbers with fixed precision, empty cells
-    for what doesn't apply, and the overlay's path."""
-    row = {**result_row(reading, threshold, calibration), "cam_file": cam_file}
-    return {k: "" if row[k] is None else CSV_FORMATS.get(k, "{}").format(row[k]) for k in COLUMNS}
 
 
 def summary(rows: list[dict[str, str]], threshold: float, out: Path) -> str:
@@ -122,7 +106,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m pneumo.predict",
         description="Read every chest X-ray under FOLDER and write P(pneumonia) per file to a CSV.")
     parser.add_argument("folder", type=Path, metavar="FOLDER", help="folder of images (recursive)")
-    parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="CSV file to write (Parquet when it ends in .parquet)")
     parser.add_argument("--cams", type=Path, metavar="DIR",
                         help="also write a Grad-CAM overlay PNG per readable image to DIR")
     parser.add_argument("--threshold", type=_threshold, default=None,
@@ -134,14 +119,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="for an image that looks turned, flipped or inverted, score the "
                              "corrected copy instead (the 'corrected' column says what was "
                              "undone); off by default")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in OUT and read only the files it has no row "
+                             "for (after an interrupted run)")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="'local' (default): read in this process; 'ray': read on Ray Data, "
+                             "on a Ray started for the run (this machine only) or the cluster at "
+                             "--address (needs the cluster extra: pip install -e .[cluster])")
+    parser.add_argument("--address", default=None,
+                        help="with --engine ray: the Ray cluster to run on (default: RAY_ADDRESS "
+                             "if set, else a local Ray started for this run and stopped after)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="with --engine ray: reading workers, one CPU each, each with its own "
+                             "copy of the models (default: one per CPU of the cluster)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
+    if args.engine != "ray" and (args.address or args.workers):
+        parser.error("--address and --workers go with --engine ray")
+    if args.engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            parser.error("--engine ray needs Ray, which is not installed: "
+                         "pip install -e .[cluster] (or pip install -r requirements-cluster.txt)")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    started = time.time()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse_args(argv)
     paths = find_images(args.folder, exclude=args.cams)
@@ -149,6 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"No supported images ({', '.join(SUPPORTED_EXTENSIONS)}) under {args.folder}.",
               file=sys.stderr)
         return 1
+    if args.resume:
+        done = done_files(args.out)
+        paths = [p for p in paths if relative_name(p, args.folder) not in done]
+        if done:
+            print(f"note: resuming: {len(done)} files already in {args.out} are skipped.",
+                  file=sys.stderr)
+        if not paths:
+            print(f"Every file under {args.folder} is already in {args.out}; nothing to read.")
+            return 0
     from pneumo.reading import site
 
     status = site.load()
@@ -161,70 +177,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         threshold = artifacts.round_threshold(calibration.recommended)
     else:
         threshold = default_threshold()
-    calibration_name = "" if calibration is None else calibration.label
     if calibration is not None:
         print(f"note: {calibration.banner}; probabilities and the default threshold are the "
               "site's.", file=sys.stderr)
+    settings = Settings(folder=args.folder, threshold=threshold, calibration=calibration,
+                        batch_size=args.batch_size, auto_correct=args.auto_correct, cams=args.cams)
 
+    if args.engine == "ray":
+        from pneumo.cli import ray_engine
+
+        try:
+            sink = ray_engine.run(paths, settings, args.out, resume=args.resume,
+                                  address=args.address, workers=args.workers, started=started)
+        except ray_engine.EngineError as err:
+            print(err, file=sys.stderr)
+            return 1
+    else:
+        try:
+            models = load_models()
+        except FileNotFoundError as err:
+            print(err, file=sys.stderr)
+            return 1
+        sink = read_here(paths, settings, models, args.out, resume=args.resume, started=started,
+                         ready=time.time())
+    print(summary(sink.kept + sink.written, threshold, args.out))
+    print(f"This run: {sink.timing()} ({args.engine} engine)")
+    return 0
+
+
+def load_models() -> Models:
+    """The in-process engine's models (each check with a note on stderr when it is off)."""
+    return rows.load_models(lambda: load_segmenter(), lambda: load_quality_checker(),
+                            lambda: load_scope_check())  # this module's names (tests replace them)
+
+
+def read_here(paths: list[Path], settings: Settings, models: Models, out: Path, resume: bool = False,
+              started: float | None = None, ready: float | None = None) -> RowSink:
+    """The in-process engine: chunk by chunk in this process, the rows written as it goes.
+    ``started``, ``ready``: when the run started and its models were loaded (``time.time()``)."""
     from tqdm import tqdm
 
-    from pneumo.models import ood
-    from pneumo.models.explain import METHODS
-    from pneumo.models.runtime import load_explainer
-    from pneumo.reading.reader import read_batch, read_corrected
-
-    try:
-        explainer = load_explainer()
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        return 1
-    detector = ood.load_detector()
-    if detector is None:
-        print(f"note: no {config.OOD_FILE} beside the model; the out-of-distribution check is off.",
-              file=sys.stderr)
-    segmenter = load_segmenter()
-    checker = load_quality_checker()
-    scope_check = load_scope_check()
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, str]] = []
-    with args.out.open("w", newline="", encoding="utf-8") as f, \
+    timing = {} if started is None else {"started": started}
+    with RowSink(out, resume=resume, ready=ready, **timing) as sink, \
             tqdm(total=len(paths), unit="img", desc="Reading") as bar:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start:start + args.batch_size]
-            names = [p.relative_to(args.folder).as_posix() for p in chunk]
-            files, failed = [], {}
-            for name, path in zip(names, chunk):
-                try:
-                    files.append((name, read_file(path)))
-                except OSError as err:
-                    failed[name] = unreadable(name, err)
-            readings = {r.name: r for r in read_batch(files, explainer, ood_check=detector,
-                                                      batch_size=args.batch_size,
-                                                      segmenter=segmenter,
-                                                      quality_checker=checker,
-                                                      scope_check=scope_check)}
-            del files
-            if args.auto_correct:
-                readings.update((r.name, r) for r in read_corrected(
-                    readings.values(), explainer, ood_check=detector, segmenter=segmenter,
-                    batch_size=args.batch_size, scope_check=scope_check))
-            readings.update(failed)
-            for name in names:
-                reading = site.calibrate_reading(readings[name], calibration)
-                cam_file = ""
-                if args.cams is not None and reading.ok:
-                    target = cam_path(args.cams, name)
-                    write_overlay(target, reading, METHODS[0])
-                    cam_file = target.as_posix()
-                rows.append(csv_row(reading, threshold, cam_file, calibration_name))
-                writer.writerow(rows[-1])
-            f.flush()
+        for start in range(0, len(paths), settings.batch_size):
+            chunk = paths[start:start + settings.batch_size]
+            sink.write(read_chunk(chunk, settings, models))
             bar.update(len(chunk))
-    print(summary(rows, threshold, args.out))
-    return 0
+    return sink
 
 
 if __name__ == "__main__":
