@@ -5,20 +5,30 @@ The segmenter takes exactly the classifier's input (224x224 RGB 0-255 from
 returns a 224x224 lung probability. :func:`clean_mask` keeps the two largest components and
 fills holes. :func:`heatmap_in_lungs` measures a Grad-CAM map against a mask the way the app
 draws it (the same upsampling as the overlay).
+
+:meth:`LungSegmenter.load` runs the network through OpenVINO when it can
+(:func:`pneumo.models.runtime.load_network`, converted from the ``.keras`` file once and cached),
+else through Keras, the reference; this module imports Keras only for the Keras path.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
-import keras
 import numpy as np
 from scipy import ndimage
 
 from pneumo import config
 from pneumo.data.lung_masks import resize_mask
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
 
 NO_LUNGS_WARNING = ("No plausible lung fields were found in this image. It may not be a frontal "
                     "chest X-ray, or it is cut off, rotated or inverted.")
@@ -29,6 +39,8 @@ OUTSIDE_LUNGS_CAUTION = ("Most of the heat map lies outside the lungs: the score
 
 
 def _conv_block(x, filters: int, name: str):
+    import keras
+
     for i in (1, 2):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
         x = keras.layers.BatchNormalization(name=f"{name}_bn{i}")(x)
@@ -39,6 +51,8 @@ def _conv_block(x, filters: int, name: str):
 def build_segmenter(base_filters: int = config.LUNG_BASE_FILTERS,
                     work_size: int = config.LUNG_INPUT_SIZE, depth: int = 4) -> keras.Model:
     """U-Net: 224x224x3 RGB 0-255 in, 224x224x1 lung probability out."""
+    import keras
+
     size = config.IMAGE_SIZE
     inp = keras.Input((size, size, config.CHANNELS), name="image")
     x = keras.layers.Resizing(work_size, work_size, interpolation="area", name="to_work_size")(inp)
@@ -137,33 +151,48 @@ def heatmap_in_lungs(cam: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
     return share, bool(mask[peak])
 
 
-def load_segmenter_model(path: str | Path | None = None) -> keras.Model:
+def _lung_model_path(path: str | Path | None) -> Path:
     path = Path(path) if path is not None else config.weights_path(config.LUNG_MODEL_FILE)
     if not path.exists():
         raise FileNotFoundError(
             f"No lung-field model at {path}. Train one with "
             "`python -m pneumo.train_lungs --data PATH/lung_masks`.")
-    return keras.saving.load_model(path, compile=False)
+    return path
+
+
+def load_segmenter_model(path: str | Path | None = None):
+    """The Keras lung-field model (the reference)."""
+    import keras
+
+    return keras.saving.load_model(_lung_model_path(path), compile=False)
 
 
 class LungSegmenter:
-    """Lung masks for batches of 224x224 RGB inputs through one traced graph."""
+    """Lung masks for batches of 224x224 RGB inputs: through a Keras model (one traced graph)
+    or, given ``network`` instead, its OpenVINO conversion (:func:`pneumo.models.runtime.load_network`)."""
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model=None, network=None):
+        if (model is None) == (network is None):
+            raise ValueError("give the Keras model or the OpenVINO network, one of them")
+        self.model, self.network = model, network
+        self.runtime = "keras" if network is None else network.runtime
+        if network is not None:
+            self._run = lambda x: network(x)[0][..., 0]
+            return
         import tensorflow as tf
 
-        self.model = model
         spec = tf.TensorSpec([None, config.IMAGE_SIZE, config.IMAGE_SIZE, config.CHANNELS],
                              tf.float32)
-        self._run = tf.function(lambda x: model(x, training=False)[..., 0], input_signature=[spec],
-                                reduce_retracing=True)
+        run = tf.function(lambda x: model(x, training=False)[..., 0], input_signature=[spec],
+                          reduce_retracing=True)
+        self._run = lambda x: run(x).numpy()
 
     def probabilities(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(N, 224, 224, 3) RGB 0-255 -> (N, 224, 224) lung probability."""
         images = np.asarray(images, dtype="float32")
         if images.ndim == 3:
             images = images[None]
-        out = [self._run(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+        out = [self._run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,) + images.shape[1:3], "float32")
 
     def fields(self, images: np.ndarray, batch_size: int = 32) -> list[LungFields]:
@@ -171,7 +200,19 @@ class LungSegmenter:
         return [lung_fields(p) for p in self.probabilities(images, batch_size)]
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> LungSegmenter:
+    def load(cls, path: str | Path | None = None, runtime: str | None = None,
+             cache_dir: str | Path | None = None) -> LungSegmenter:
+        """From ``weights/lungs.keras`` (or ``path``): through OpenVINO unless ``runtime`` (default
+        ``config.RUNTIME``) is "keras" or OpenVINO cannot be used (then Keras, with a log line)."""
+        path = _lung_model_path(path)
+        if (runtime or config.RUNTIME) != "keras":
+            from pneumo.models import runtime as runtimes
+
+            try:
+                return cls(network=runtimes.load_network(path, runtimes.LUNGS,
+                                                         load_segmenter_model, cache_dir))
+            except Exception as err:
+                log.warning("lung-field model runs on Keras (OpenVINO not used: %s)", err)
         return cls(load_segmenter_model(path))
 
 

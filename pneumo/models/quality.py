@@ -14,7 +14,9 @@ Orientation and inversion come from a small CNN (``weights/quality.keras``, trai
 a 5-way softmax over orientations and a sigmoid for inversion. A finding needs the head's
 probability to reach the threshold chosen on validation (``weights/quality.json``). Each
 finding comes with the corrected model input (:func:`correct`), so the app can offer a reading
-of the image turned the right way.
+of the image turned the right way. :meth:`QualityChecker.load` runs the network through
+OpenVINO when it can (converted once from the ``.keras`` file and cached,
+:func:`pneumo.models.runtime.load_network`), else through Keras, the reference.
 """
 
 from __future__ import annotations
@@ -221,8 +223,9 @@ class QualityChecker:
     """The quality check; works without its network (then only low resolution is checked)."""
 
     def __init__(self, model=None, thresholds: dict[str, float] | None = None,
-                 notice: str | None = None):
-        self.model = model
+                 notice: str | None = None, network=None):
+        self.model = model  # the Keras network (the reference), or None
+        self.network = network  # or its OpenVINO conversion (runtime.OpenVinoNetwork)
         self.thresholds = {"orientation": config.QUALITY_MIN_THRESHOLD,
                            "inverted": config.QUALITY_MIN_THRESHOLD, **(thresholds or {})}
         self.notice = notice  # why a check is off, to show once (None: all checks on)
@@ -231,28 +234,45 @@ class QualityChecker:
     @property
     def available(self) -> bool:
         """True when the orientation and grey-scale checks run."""
-        return self.model is not None
+        return self.model is not None or self.network is not None
+
+    @property
+    def runtime(self) -> str | None:
+        return "openvino" if self.network is not None else "keras" if self.model is not None else None
 
     @classmethod
-    def load(cls, weights_dir: Path | None = None) -> QualityChecker:
-        """The network and thresholds from the weights folder; a checker without them if absent."""
+    def load(cls, weights_dir: Path | None = None, runtime: str | None = None,
+             cache_dir: str | Path | None = None) -> QualityChecker:
+        """The network and thresholds from the weights folder; a checker without them if absent.
+
+        The network runs through OpenVINO unless ``runtime`` (default ``config.RUNTIME``) is
+        "keras" or OpenVINO cannot be used (then Keras, with a log line).
+        """
         folder = Path(weights_dir) if weights_dir is not None else config.WEIGHTS_DIR
         model_path = folder / config.QUALITY_MODEL_FILE
         if not model_path.exists():
             notice = MODEL_MISSING.format(path=model_path)
             log.warning(notice)
             return cls(notice=notice)
-        import keras
-
-        model = keras.models.load_model(model_path, compile=False)
         record = artifacts.read_record(config.QUALITY_RECORD_FILE, folder)
-        return cls(model, None if record is None else record.get("thresholds"))
+        thresholds = None if record is None else record.get("thresholds")
+        if (runtime or config.RUNTIME) != "keras":
+            from pneumo.models import runtime as runtimes
+
+            try:
+                return cls(thresholds=thresholds, network=runtimes.load_network(
+                    model_path, runtimes.QUALITY, load_keras_model, cache_dir))
+            except Exception as err:
+                log.warning("image-quality network runs on Keras (OpenVINO not used: %s)", err)
+        return cls(load_keras_model(model_path), thresholds)
 
     def predict(self, model_inputs: np.ndarray, batch_size: int = 64
                 ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 224, 224, 3) uint8 -> orientation probabilities (N, 5), inversion (N,)."""
-        if self.model is None:
+        if not self.available:
             raise RuntimeError(self.notice or "no quality network loaded")
+        if self._run is None and self.network is not None:  # outputs: orientation, inverted
+            self._run = lambda x: dict(zip(("orientation", "inverted"), self.network(x)))
         if self._run is None:
             import tensorflow as tf
 
@@ -278,7 +298,7 @@ class QualityChecker:
             model_inputs = model_inputs[None]
         if len(original_sizes) != len(model_inputs):
             raise ValueError(f"{len(model_inputs)} images but {len(original_sizes)} sizes")
-        if self.model is None:
+        if not self.available:
             return [report_for([], image, size) for image, size in zip(model_inputs, original_sizes)]
         orientation, inverted = self.predict(model_inputs)
         reports = []
@@ -287,6 +307,13 @@ class QualityChecker:
             probs[INVERTED] = float(v)
             reports.append(report_for(decide(o, v, self.thresholds), image, size, probs))
         return reports
+
+
+def load_keras_model(path: Path):
+    """The Keras quality network (the reference)."""
+    import keras
+
+    return keras.models.load_model(path, compile=False)
 
 
 # What pneumo did to undo each finding, for the note on a corrected reading.

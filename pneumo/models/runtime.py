@@ -12,7 +12,17 @@ A runtime model is never edited or committed by hand. At first use it is convert
 ``weights/pneumo.keras`` and kept in a cache folder (``config.RUNTIME_CACHE_DIR``) under a key
 made of the ``.keras`` file's SHA-256, the runtime's version and :data:`FORMAT`; a replaced
 ``.keras`` file gets a new key, so its runtime model is rebuilt at the next load and the old one
-removed. A process that finds the cached model does not import TensorFlow at all (cold start).
+removed. A process that finds the cached model does not import TensorFlow at all (cold start);
+one that has not imported TensorFlow yet converts in a child process, so it stays without.
+
+The two small networks of the reading's checks, the lung-field U-Net (``weights/lungs.keras``)
+and the quality network (``weights/quality.keras``), go the same way through OpenVINO
+(:func:`load_network`: :func:`convert_lungs`, :func:`convert_quality`; cached under
+``lungs-openvino-...`` and ``quality-openvino-...``), so a server with every runtime model
+cached never imports Keras or TensorFlow: Streamlit calls ``keras.backend.clear_session()``
+after every script run whenever ``keras`` is imported. Keras stays their reference and
+fallback (``PNEUMO_RUNTIME=keras``, OpenVINO missing, or a conversion that fails); tests hold
+OpenVINO to Keras.
 
 OpenVINO runs with ``INFERENCE_PRECISION_HINT=f32``: on CPUs with bf16 units it would otherwise
 pick bf16 and move probabilities by ~1e-3. LiteRT runs the f32 flatbuffer as converted.
@@ -107,9 +117,17 @@ def _version(backend: str) -> str:
     return version("openvino" if backend == "openvino" else "ai-edge-litert").split("-")[0]
 
 
-def cache_key(sha256: str, backend: str = "openvino") -> str:
-    """Folder name of the runtime model built from a ``.keras`` file with this SHA-256."""
-    return f"{backend}-{sha256[:32]}-v{_version(backend)}-f{FORMAT}"
+CLASSIFIER, LUNGS, QUALITY = "classifier", "lungs", "quality"  # the networks with runtime models
+
+
+def _prefix(backend: str, kind: str = CLASSIFIER) -> str:
+    return backend if kind == CLASSIFIER else f"{kind}-{backend}"
+
+
+def cache_key(sha256: str, backend: str = "openvino", kind: str = CLASSIFIER) -> str:
+    """Folder name of the runtime model built from a ``.keras`` file with this SHA-256
+    (``kind``: the classifier, or ``"lungs"`` / ``"quality"``, whose keys start with it)."""
+    return f"{_prefix(backend, kind)}-{sha256[:32]}-v{_version(backend)}-f{FORMAT}"
 
 
 def _outputs_model(model):
@@ -154,30 +172,35 @@ def convert(model, folder: Path) -> None:
     np.savez(folder / HEAD_FILE, kernel=head.kernel, scale=head.scale, bias=head.bias)
 
 
-def build_cached(model_path: Path, sha256: str, cache_dir: Path, backend: str = "openvino") -> Path:
+def build_cached(model_path: Path, sha256: str, cache_dir: Path, backend: str = "openvino",
+                 kind: str = CLASSIFIER, load=None) -> Path:
     """The cached runtime model's folder for ``model_path``, converting it first if needed.
 
     Built in a temporary folder and renamed into place, so a reader never sees half a model and
     two processes building at once both end with one complete copy. Entries beyond the
-    ``config.RUNTIME_CACHE_KEEP`` most recently used are removed once a new one is in place
-    (they belong to replaced ``.keras`` files).
+    ``config.RUNTIME_CACHE_KEEP`` most recently used of the same kind and runtime are removed
+    once a new one is in place (they belong to replaced ``.keras`` files). ``load``: how to
+    load the Keras model from ``model_path`` (default: the classifier's loader).
     """
-    folder = cache_dir / cache_key(sha256, backend)
+    folder = cache_dir / cache_key(sha256, backend, kind)
     if (folder / SOURCE_FILE).exists():
         try:
             os.utime(folder / SOURCE_FILE)  # recently used: kept when older entries are pruned
         except OSError:
             pass
         return folder
-    from pneumo.models.classifier import load_model
-
+    if kind != CLASSIFIER and backend != "openvino":
+        raise ValueError(f"no {backend} conversion for the {kind} network")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
     try:
-        (convert if backend == "openvino" else convert_litert)(load_model(model_path), tmp)
+        if "tensorflow" in sys.modules:  # already here: converting costs nothing more
+            convert_here(kind, backend, model_path, tmp, load)
+        else:  # keep this process free of TensorFlow and Keras (a server's, see above)
+            _convert_elsewhere(kind, backend, model_path, tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(
-            {"model": str(model_path), "sha256": sha256, "backend": backend, "format": FORMAT},
-            indent=1) + "\n")
+            {"model": str(model_path), "sha256": sha256, "backend": backend, "kind": kind,
+             "format": FORMAT}, indent=1) + "\n")
         try:
             os.rename(tmp, folder)
         except OSError:  # another process put it there first
@@ -185,12 +208,50 @@ def build_cached(model_path: Path, sha256: str, cache_dir: Path, backend: str = 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _prune(cache_dir, backend)
+    _prune(cache_dir, _prefix(backend, kind))
     log.info("built the %s model for %s in %s", backend, model_path.name, folder)
     return folder
 
 
+_LOADERS = {CLASSIFIER: "pneumo.models.classifier:load_model",
+            LUNGS: "pneumo.models.lungs:load_segmenter_model",
+            QUALITY: "pneumo.models.quality:load_keras_model"}  # each kind's Keras loader
+
+
+def convert_here(kind: str, backend: str, model_path: Path, folder: Path, load=None) -> None:
+    """Convert the ``.keras`` file's network into ``folder``, in this process (imports Keras)."""
+    if load is None:
+        import importlib
+
+        module, name = _LOADERS[kind].split(":")
+        load = getattr(importlib.import_module(module), name)
+    if kind == CLASSIFIER:
+        converter = convert if backend == "openvino" else convert_litert
+    else:
+        converter = {LUNGS: convert_lungs, QUALITY: convert_quality}[kind]
+    converter(load(model_path), folder)
+
+
+def _convert_elsewhere(kind: str, backend: str, model_path: Path, folder: Path) -> None:
+    """:func:`convert_here` in a child process, so this one never imports TensorFlow or Keras:
+    Streamlit calls ``keras.backend.clear_session()`` after every script run of a server that
+    has imported keras. Raises RuntimeError with the child's last words when it fails."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]  # pneumo's folder's parent: importable from there
+    code = ("import sys; from pathlib import Path; from pneumo.models import runtime; "
+            "runtime.convert_here(sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))")
+    done = subprocess.run([sys.executable, "-c", code, kind, backend, str(model_path), str(folder)],
+                          cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"converting {model_path.name} to {backend} failed: {last}")
+
+
 def _prune(cache_dir: Path, backend: str) -> None:
+    """Keep the most recently used entries whose names start with ``backend`` + "-" (for the
+    checks' networks, ``"lungs-openvino"`` etc.: a classifier's ``openvino-`` never matches them)."""
     def used(folder: Path) -> float:
         try:
             return (folder / SOURCE_FILE).stat().st_mtime
@@ -201,6 +262,155 @@ def _prune(cache_dir: Path, backend: str) -> None:
                      reverse=True)
     for old in entries[config.RUNTIME_CACHE_KEEP:]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def area_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in): TensorFlow's area resize along one axis as a matrix, made by the
+    op itself on unit vectors (area resizing is separable: out = M @ image @ M.T per channel)."""
+    import tensorflow as tf
+
+    eye = np.eye(size_in, dtype="float32")[:, :, None, None]  # size_in images, one pixel wide
+    out = tf.image.resize(eye, (size_out, 1), method="area").numpy()[:, :, 0, 0]
+    return np.ascontiguousarray(out.T)
+
+
+def convert_lungs(model, folder: Path) -> None:
+    """Convert the lung-field U-Net to an OpenVINO model (f32 weights) in ``folder``.
+
+    OpenVINO cannot convert TensorFlow's area resize (the model's first layer, 224 -> the work
+    size), so it becomes two matrix products with :func:`area_resize_matrix` (the same
+    weights; checked against the layer here to 1e-5 before anything is saved); the rest of
+    the network is the Keras model's own layers from there on. Input: any batch of
+    (224, 224, 3) float32 RGB 0-255; output "lung_probability" (N, 224, 224, 1).
+    """
+    import keras
+    import openvino as ov
+    import tensorflow as tf
+
+    first = model.get_layer("to_work_size")
+    if getattr(first, "interpolation", "area") != "area":
+        raise ValueError(f"unexpected first layer of the lung model: {first.name}")
+    size, work = config.IMAGE_SIZE, int(first.output.shape[1])
+    matrix = tf.constant(area_resize_matrix(size, work))
+    inner = keras.Model(first.output, model.output)  # the network after the area resize
+
+    def forward(x):
+        x = tf.einsum("ik,nkjc->nijc", matrix, x)
+        x = tf.einsum("jk,nikc->nijc", matrix, x)
+        return inner(x, training=False)
+
+    probe = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    gap = float(np.max(np.abs(forward(probe).numpy() - model(probe, training=False).numpy())))
+    if gap > 1e-5:
+        raise ValueError(f"the area resize as matrices differs from the layer by {gap:.2g}")
+    spec = tf.TensorSpec([None, size, size, config.CHANNELS], tf.float32)
+    ov_model = ov.convert_model(tf.function(forward, input_signature=[spec]).get_concrete_function())
+    for extra in ov_model.get_results()[1:]:  # shape scalars of the resize the trace also returns
+        ov_model.remove_result(extra)
+    if str(ov_model.outputs[0].get_partial_shape()) != f"[?,{size},{size},1]":
+        raise ValueError(f"unexpected lung model output {ov_model.outputs[0].get_partial_shape()}")
+    ov_model.outputs[0].get_tensor().set_names({"lung_probability"})
+    ov.save_model(ov_model, folder / MODEL_XML, compress_to_fp16=False)
+
+
+QUALITY_OUTPUTS = ("orientation", "inverted")
+
+
+def convert_quality(model, folder: Path) -> None:
+    """Convert the quality network to an OpenVINO model (f32 weights) in ``folder``.
+
+    Input: any batch of (size, size, 1) float32 grey 0..1 (:func:`pneumo.models.quality.prepare`);
+    outputs "orientation" (N, 5) and "inverted" (N, 1).
+    """
+    import openvino as ov
+    import tensorflow as tf
+
+    size = int(model.input.shape[1])
+    spec = tf.TensorSpec([None, size, size, 1], tf.float32)
+
+    def forward(x):
+        out = model(x, training=False)
+        return [out[name] for name in QUALITY_OUTPUTS]
+
+    ov_model = ov.convert_model(tf.function(forward, input_signature=[spec]).get_concrete_function())
+    shapes = [str(output.get_partial_shape()) for output in ov_model.outputs]
+    if shapes != [f"[?,{model.output['orientation'].shape[-1]}]", "[?,1]"]:
+        raise ValueError(f"unexpected quality model outputs {shapes}")
+    for output, name in zip(ov_model.outputs, QUALITY_OUTPUTS):
+        output.get_tensor().set_names({name})
+    ov.save_model(ov_model, folder / MODEL_XML, compress_to_fp16=False)
+
+
+class OpenVinoNetwork:
+    """A converted network in OpenVINO's CPU runtime, f32; thread-safe (one call at a time).
+
+    Called with a batch, gives the model's outputs in order (numpy arrays of the batch). Images
+    run one per request on one single-thread stream per core (``THROUGHPUT``), as the
+    classifier's batches do: measured on the lung U-Net, 12-14 ms of CPU per image against 16-17
+    with one request on both cores (whose threads wait for each other at every layer), and each
+    image's result does not depend on what it is batched with.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, folder: Path, threads: int | None = None):
+        import openvino as ov
+
+        self.folder = folder
+        self.streams = int(threads or usable_cpus())
+        core = ov.Core()
+        self.compiled = core.compile_model(
+            core.read_model(str(folder / MODEL_XML)), "CPU",
+            {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
+             "NUM_STREAMS": self.streams, "INFERENCE_NUM_THREADS": self.streams})
+        self.outputs = [output.get_any_name() for output in self.compiled.outputs]
+        self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs: np.ndarray) -> list[np.ndarray]:
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        n = len(inputs)
+        out: list[np.ndarray] = []
+
+        def collect(request, i: int) -> None:
+            request.wait()
+            for k in range(len(self.outputs)):
+                got = request.get_output_tensor(k).data
+                if len(out) < len(self.outputs):
+                    out.append(np.empty((n,) + got.shape[1:], got.dtype))
+                out[k][i] = got[0]
+
+        with self._lock:
+            running: list[tuple[object, int]] = []
+            for i in range(n):
+                request = self._requests[i % len(self._requests)]
+                if i >= len(self._requests):
+                    collect(*running[i - len(self._requests)])
+                request.start_async(inputs[i:i + 1])
+                running.append((request, i))
+            for request, i in running[max(0, n - len(self._requests)):]:
+                collect(request, i)
+        return out or [np.zeros((0,), np.float32) for _ in self.outputs]  # (an empty batch)
+
+
+def load_network(model_path: str | Path, kind: str, load,
+                 cache_dir: str | Path | None = None) -> OpenVinoNetwork:
+    """The OpenVINO network for the ``.keras`` file ``model_path`` (``kind``: ``"lungs"`` or
+    ``"quality"``), from the cache, built there first from the Keras model (``load(path)``)
+    when missing; a cached model that cannot be loaded is rebuilt once. Raises ImportError
+    when OpenVINO is not installed, and whatever the conversion raises."""
+    if not available("openvino"):
+        raise ImportError("openvino is not installed")
+    model_path = Path(model_path)
+    cache_dir = Path(cache_dir) if cache_dir is not None else config.RUNTIME_CACHE_DIR
+    sha256 = file_sha256(model_path)
+    folder = build_cached(model_path, sha256, cache_dir, "openvino", kind, load)
+    try:
+        return OpenVinoNetwork(folder)
+    except Exception as err:
+        log.warning("cached %s model in %s unusable (%s); rebuilding it", kind, folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return OpenVinoNetwork(build_cached(model_path, sha256, cache_dir, "openvino", kind, load))
 
 
 class OpenVinoExplainer(ForwardExplainer):
