@@ -33,6 +33,17 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# The replicas test (tests/test_deploy.py) runs Debian's nginx in front of two app replicas, with
+# its own prefix and configuration on free loopback ports; without nginx that test skips.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # (on a machine with systemd this also starts Debian's own nginx on port 80; unused)
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+  else
+    echo "note: nginx missing and cannot be installed here; the replicas test will skip"
+  fi
+fi
+
 # The PACS tests (tests/test_pacs.py) run a real Orthanc with its DICOMweb plugin and check the
 # result objects with dciodvfy (dicom3tools); without them those tests skip and say why.
 pacs_packages=()
