@@ -201,3 +201,26 @@ def test_openvino_uint8_input_gives_the_float_input_result_to_the_bit(shared_dat
         for a, b in zip(as_u8, as_f32):
             np.testing.assert_array_equal(a, b)
     assert fast.compiled.input(0).get_element_type().to_string() == "u8"
+
+
+def test_the_runtime_cli_also_builds_the_lung_and_quality_networks(monkeypatch, capsys):
+    """``python -m pneumo.runtime`` on the bundled model builds the helpers' cached runtimes too,
+    so a replica's first start converts nothing (issue #22)."""
+    from pneumo.cli import runtime as cli
+    from pneumo.models import lungs, quality
+
+    built = []
+
+    class Fake:
+        def fields(self, images):
+            built.append(("lungs", images.shape))
+
+        def check(self, images, sizes):
+            built.append(("quality", images.shape))
+
+    monkeypatch.setattr(lungs.LungSegmenter, "load", classmethod(lambda cls, *a, **k: Fake()))
+    monkeypatch.setattr(quality.QualityChecker, "load", classmethod(lambda cls, *a, **k: Fake()))
+    assert cli.main(["--runtime", "keras"]) == 0
+    assert [name for name, _ in built] == ["lungs", "quality"]
+    out = capsys.readouterr().out
+    assert "lungs.keras ready" in out and "quality.keras ready" in out
