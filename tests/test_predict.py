@@ -39,11 +39,34 @@ def cli_run(tmp_path_factory, bundled_model_dir):
     out, cams = tmp / "results.csv", tmp / "cams"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(predict, "load_segmenter", lambda: None)
+        mp.setenv("PNEUMO_AUDIT_URL", f"sqlite:///{tmp / 'audit.sqlite3'}")  # this run's own
         code = predict.main([str(folder), "--out", str(out), "--cams", str(cams),
                              "--threshold", "0.5", "--batch-size", "2"])
     with out.open(newline="", encoding="utf-8") as f:
         rows = {row["file"]: row for row in csv.DictReader(f)}
     return code, folder, rows, cams
+
+
+def test_each_reading_writes_one_audit_record_without_its_name(cli_run):
+    """Issue #24: the batch command's readings are in the audit trail: one record per readable
+    file, the operating-system user and host, the file's SHA-256, never its name."""
+    import getpass
+    import hashlib
+
+    from pneumo import audit
+
+    _, folder, rows, _ = cli_run
+    db = folder.parent / "audit.sqlite3"
+    records = audit.AuditStore(f"sqlite:///{db}").records()
+    digests = {hashlib.sha256((folder / name).read_bytes()).hexdigest(): name for name in GOOD}
+    assert sorted(r["digest"] for r in records) == sorted(digests)
+    for record in records:
+        row = rows[digests[record["digest"]]]
+        assert record["action"] == audit.READING and record["subject"] == f"os:{getpass.getuser()}"
+        assert record["trust"] == row["trust"] and record["decision"] == row["decision"]
+        assert record["probability"] == pytest.approx(float(row["probability_pneumonia"]), abs=1e-6)
+    stored = db.read_bytes()
+    assert not any(Path(name).name.encode() in stored for name in (*GOOD, BAD))
 
 
 def test_csv_has_a_row_per_image_and_errors_only_for_the_bad_file(cli_run):
@@ -111,7 +134,8 @@ LUNGLESS = "lungless.png"
 
 
 class _HalfLungs:
-    """Stand-in segmenter: the left half is "lung"; an image with a white top-left corner has no
+    """Stand-in segmenter: the top half is "lung" (both image halves alike, as a pair of lungs;
+    a mask on one side only is "one lung field"); an image with a white top-left corner has no
     plausible lungs (a 2 % mask)."""
 
     @staticmethod
@@ -120,7 +144,7 @@ class _HalfLungs:
         if image[:8, :8].min() >= 250:
             mask[:30, :30] = True
         else:
-            mask[:, : image.shape[1] // 2] = True
+            mask[: image.shape[0] // 2, :] = True
         return mask
 
     def fields(self, images):

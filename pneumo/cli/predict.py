@@ -193,9 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(err, file=sys.stderr)
             return 1
     else:
+        from pneumo.audit import AuditError
+
         try:
             models = load_models()
-        except FileNotFoundError as err:
+        except (FileNotFoundError, AuditError) as err:
             print(err, file=sys.stderr)
             return 1
         sink = read_here(paths, settings, models, args.out, resume=args.resume, started=started,

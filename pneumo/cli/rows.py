@@ -96,12 +96,30 @@ class Models:
     segmenter: Any = None
     checker: Any = None
     scope_check: Any = None
+    audit: Any = None  # a ReadingRecorder: one audit record per reading (pneumo.audit)
+
+
+class ReadingRecorder:
+    """One audit record per reading a command line makes (issue #24): the operating-system user
+    and host, the file's SHA-256 (never its name), probability, trust state and decision."""
+
+    def __init__(self, store=None):
+        from pneumo import audit
+
+        self.actor = audit.Actor.from_os()
+        self.store = store if store is not None else audit.AuditStore(audit.load_settings().url)
+
+    def __call__(self, readings: Sequence[Reading], threshold: float) -> None:
+        read = [r for r in readings if r.ok]
+        if read:
+            self.store.record_readings(self.actor, read, threshold)
 
 
 def load_models(load_segmenter=None, load_quality_checker=None, load_scope_check=None) -> Models:
-    """Every model a reading uses, each check with a note on stderr when it is off; raises
-    ``FileNotFoundError`` (saying how to train one) when there is no classifier. The loaders
-    default to :mod:`pneumo.cli.loaders`'s."""
+    """Every model a reading uses, each check with a note on stderr when it is off, and the audit
+    trail's recorder; raises ``FileNotFoundError`` (saying how to train one) when there is no
+    classifier, :class:`pneumo.audit.AuditError` when the audit database cannot be opened. The
+    loaders default to :mod:`pneumo.cli.loaders`'s."""
     from pneumo import config
     from pneumo.cli import loaders
     from pneumo.models import ood
@@ -115,7 +133,8 @@ def load_models(load_segmenter=None, load_quality_checker=None, load_scope_check
     return Models(explainer=explainer, detector=detector,
                   segmenter=(load_segmenter or loaders.load_segmenter)(),
                   checker=(load_quality_checker or loaders.load_quality_checker)(),
-                  scope_check=(load_scope_check or loaders.load_scope_check)())
+                  scope_check=(load_scope_check or loaders.load_scope_check)(),
+                  audit=ReadingRecorder())
 
 
 def read_chunk(paths: Sequence[Path], settings: Settings, models: Models) -> list[dict[str, str]]:
@@ -142,9 +161,12 @@ def read_chunk(paths: Sequence[Path], settings: Settings, models: Models) -> lis
             segmenter=models.segmenter, batch_size=settings.batch_size,
             scope_check=models.scope_check))
     readings.update(failed)
+    shown = {name: site.calibrate_reading(readings[name], settings.calibration) for name in names}
+    if models.audit is not None:  # recorded as the CSV gives them, before they are written
+        models.audit([shown[name] for name in names], settings.threshold)
     rows = []
     for name in names:
-        reading = site.calibrate_reading(readings[name], settings.calibration)
+        reading = shown[name]
         cam_file = ""
         if settings.cams is not None and reading.ok:
             target = cam_path(settings.cams, name)

@@ -65,6 +65,8 @@ class Reading:
     header: HeaderFacts | None = None  # a DICOM header's age, view, body part, modality
     scope: Verdict | None = None  # why the header or the population check puts it out of scope
     older_score: float | None = None  # the pixel population check's "older" probability
+    judged_on_corrected: bool = False  # scope checks ran on the quality check's corrected copy
+    corrected_lung_warning: str | None = None  # then: the corrected copy's lung-field warning
 
     @property
     def trust(self) -> trust_states.Trust:
@@ -303,8 +305,8 @@ def _judge_turned_films_by_their_corrected_copy(readings: list[Reading], explain
         for reading, shadow in zip(chunk, shadows):
             reading.ood_warning, reading.scope = shadow.ood_warning, shadow.scope
             reading.older_score = shadow.older_score
-            if segmenter is not None:
-                reading.lung_warning = shadow.lung_warning
+            reading.judged_on_corrected = True
+            reading.corrected_lung_warning = shadow.lung_warning if segmenter is not None else None
 
 
 def _explain_chunk(chunk: list[Reading], explainer, segmenter=None) -> np.ndarray:

@@ -54,8 +54,10 @@ def assess(reading) -> Trust:
     scope = getattr(reading, "scope", None)
     if scope is not None:
         return Trust(OUT_OF_SCOPE, scope.code, scope.reason)
-    if config.NO_LUNGS_OUT_OF_SCOPE and reading.lung_warning:
-        return Trust(OUT_OF_SCOPE, NO_LUNGS, reading.lung_warning)
+    lungs = (getattr(reading, "corrected_lung_warning", None)
+             if getattr(reading, "judged_on_corrected", False) else reading.lung_warning)
+    if config.NO_LUNGS_OUT_OF_SCOPE and lungs:  # a turned film: its corrected copy's lung fields
+        return Trust(OUT_OF_SCOPE, NO_LUNGS, lungs)
     if reading.quality is not None and reading.quality.correctable:
         found = [(c, m) for c, m in reading.quality.findings if c != "low_resolution"]
         return Trust(DOUBTFUL, "+".join(c for c, _ in found), " ".join(m for _, m in found))
