@@ -46,8 +46,11 @@ READING_SHOWN_ANYWAY = "reading_shown_anyway"  # an out-of-scope reading shown o
 DEFAULT_THRESHOLD = "default_threshold"  # the department's default threshold set or cleared
 SITE_CALIBRATION = "site_calibration"  # a site calibration written or removed
 PURGE = "purge"  # records older than the retention removed (python -m pneumo.audit)
+PACS_SEARCH = "pacs_search"  # a PACS search: its filters, patient id and accession included
+PACS_RETRIEVE = "pacs_retrieve"  # a study's images retrieved: the study UID
+PACS_SEND = "pacs_send"  # results stored in the PACS: the stored SOP instance UIDs
 ACTIONS = (READING, READING_CORRECTED, READING_SHOWN_ANYWAY, DEFAULT_THRESHOLD, SITE_CALIBRATION,
-           PURGE)
+           PURGE, PACS_SEARCH, PACS_RETRIEVE, PACS_SEND)
 
 DEFAULT_THRESHOLD_KEY = "default_threshold"  # the settings row of the department's threshold
 

@@ -342,6 +342,7 @@ def _run_cli(orthanc, tmp_path: Path, *args: str) -> tuple[int, list[dict], str]
             mp.setenv(pacs.ENV_PASSWORD, PASSWORD)
             mp.delenv(pacs.ENV_TOKEN, raising=False)
             mp.setattr(pacs, "SECRETS_FILE", tmp_path / "none.toml")
+            mp.setenv("PNEUMO_AUDIT_URL", f"sqlite:///{tmp_path / 'audit.sqlite3'}")  # its own
             code = cli.main(["--url", orthanc.url, "--out", str(out), *args])
     finally:
         root.removeHandler(handler)
@@ -375,6 +376,32 @@ def test_batch_command_reads_every_frontal_image_and_names_no_patient(sent, load
     (adult,) = loaded["by_study"]["C"]
     assert by_uid[adult]["trust"] == "out_of_scope" and by_uid[adult]["decision"] == "OUT OF SCOPE"
     assert {r["sent"] for r in rows} <= {"SR", "SR+SC"}
+
+
+def test_the_batch_command_leaves_an_audit_trail(sent, loaded, tmp_path_factory):
+    """Issue #24: the search with its filters, each study retrieved, each reading and each result
+    stored are one record each, by the operating-system user; no patient name, no file name."""
+    from pneumo import audit
+
+    code, rows, text, _ = sent
+    assert code == 0, text
+    db = next(tmp_path_factory.getbasetemp().glob("send*/audit.sqlite3"))
+    records = audit.AuditStore(f"sqlite:///{db}").records()
+    by_action: dict[str, list] = {}
+    for record in records:
+        by_action.setdefault(record["action"], []).append(record)
+    (search,) = by_action[audit.PACS_SEARCH]
+    assert json.loads(search["new_value"])["since"] == "2026-12-01"
+    studies = {loaded["studies"][k] for k in "ABC"}
+    assert {json.loads(r["new_value"])["study_instance_uid"]
+            for r in by_action[audit.PACS_RETRIEVE]} == studies
+    assert len(by_action[audit.PACS_RETRIEVE]) == len(studies)  # once each
+    assert len(by_action[audit.READING]) == len(rows)
+    stored = [uid for r in by_action[audit.PACS_SEND] for uid in json.loads(r["new_value"])[
+        "sop_instance_uids"]]
+    assert len(stored) == sum(2 if r["sent"] == "SR+SC" else 1 for r in rows)
+    assert all(r["subject"].startswith("os:") for r in records)
+    assert PATIENT_NAME.encode() not in db.read_bytes()
 
 
 def _results(client: pacs.PacsClient, study: str, modality: str) -> list:

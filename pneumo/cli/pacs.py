@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from pneumo.cli import loaders, predict
+from pneumo import audit
+from pneumo.cli import loaders
+from pneumo.cli import rows as row_format
 from pneumo.io import pacs
 from pneumo.reading.reader import Reading
 
 IDENTITY = ("study_instance_uid", "sop_instance_uid")
-COLUMNS = IDENTITY + tuple(c for c in predict.COLUMNS if c not in ("file", "cam_file")) + ("sent",)
+COLUMNS = IDENTITY + tuple(c for c in row_format.COLUMNS if c not in ("file", "cam_file")) + ("sent",)
 
 
 def _positive_int(text: str) -> int:
@@ -76,6 +78,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class PacsAudit:
+    """The audit trail of a PACS run (issue #24): the operating-system user and host; the search
+    with its filters (patient id and accession included: the trail must say whose records were
+    opened), each study retrieved, each reading, each result stored."""
+
+    def __init__(self):
+        from pneumo.cli.rows import ReadingRecorder
+
+        self.readings = ReadingRecorder()
+        self.store, self.actor = self.readings.store, self.readings.actor
+
+    def record(self, action: str, **values) -> None:
+        self.store.record(self.actor, action, **values)
+
+
 @dataclass
 class Sender:
     """Stores results back, one SR series and one SC series per study for this run."""
@@ -86,6 +103,7 @@ class Sender:
     series: dict[tuple[str, str], str] = field(default_factory=dict)
     numbers: dict[str, int] = field(default_factory=dict)
     reports: dict[str, list] = field(default_factory=dict)  # study -> pneumo SRs already there
+    audit: PacsAudit | None = None
 
     def _series(self, study: str, kind: str) -> tuple[str, int]:
         from highdicom import UID
@@ -120,12 +138,16 @@ class Sender:
                                                          instance_number=number))
         self.client.store(objects, study_instance_uid=study)
         self.reports[study].append(objects[0])  # a second send in this run supersedes it
+        if self.audit is not None:
+            self.audit.record(audit.PACS_SEND, new={
+                "study_instance_uid": study,
+                "sop_instance_uids": [str(o.SOPInstanceUID) for o in objects]})
         return "SR+SC" if len(objects) == 2 else "SR"
 
 
 def row(reading: Reading, ref: pacs.InstanceRef, threshold: float, calibration: str,
         sent: str) -> dict[str, str]:
-    cells = predict.csv_row(reading, threshold, "", calibration)
+    cells = row_format.csv_row(reading, threshold, "", calibration)
     return {"study_instance_uid": ref.study_instance_uid, "sop_instance_uid": ref.sop_instance_uid,
             **{k: cells[k] for k in COLUMNS if k in cells}, "sent": sent}
 
@@ -134,12 +156,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse_args(argv)
+    try:  # the audit trail first: nothing is searched or read without it
+        trail = PacsAudit()
+    except audit.AuditError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    filters = {"since": str(args.since or ""), "until": str(args.until or ""),
+               "patient_id": args.patient_id or "", "accession": args.accession or ""}
     try:
         client = pacs.connect(args.url)
         studies = client.search_studies(args.since, args.until, args.patient_id, args.accession)
     except pacs.PacsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    trail.record(audit.PACS_SEARCH, new={**filters, "studies_found": len(studies)})
     images: list[pacs.InstanceRef] = []
     for study in studies:
         try:
@@ -166,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {calibration.banner}; probabilities and the threshold are the site's.",
               file=sys.stderr)
     else:
-        threshold = predict.default_threshold()
+        threshold = row_format.default_threshold()
     calibration_name = "" if calibration is None else calibration.label
 
     from pneumo.models import ood
@@ -182,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     segmenter = loaders.load_segmenter()
     checker = loaders.load_quality_checker()
     scope_check = loaders.load_scope_check()
-    sender = Sender(client, threshold, calibration_name) if args.send else None
+    sender = Sender(client, threshold, calibration_name, audit=trail) if args.send else None
+    retrieved: set[str] = set()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
@@ -195,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             files, headers, failed = [], {}, {}
             for ref in chunk:
                 name = ref.sop_instance_uid
+                if ref.study_instance_uid not in retrieved:  # one record per study opened
+                    retrieved.add(ref.study_instance_uid)
+                    trail.record(audit.PACS_RETRIEVE,
+                                 new={"study_instance_uid": ref.study_instance_uid})
                 try:
                     data = client.retrieve(ref)
                     headers[name] = pacs.header_of(data)
@@ -207,8 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                       scope_check=scope_check)}
             del files
             readings.update(failed)
+            shown = {ref.sop_instance_uid: site.calibrate_reading(readings[ref.sop_instance_uid],
+                                                                  calibration) for ref in chunk}
+            trail.readings(list(shown.values()), threshold)
             for ref in chunk:
-                reading = site.calibrate_reading(readings[ref.sop_instance_uid], calibration)
+                reading = shown[ref.sop_instance_uid]
                 sent = ""
                 if sender is not None and reading.ok:
                     try:
@@ -218,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(row(reading, ref, threshold, calibration_name, sent))
                 writer.writerow(rows[-1])
             f.flush()
-    line = predict.summary(rows, threshold, args.out).replace(" files:", " images:", 1)
+    line = row_format.summary(rows, threshold, args.out).replace(" files:", " images:", 1)
     print(f"{len(studies)} studies. {line}")
     if sender is not None:
         stored = sum(r["sent"].startswith("SR") for r in rows)

@@ -30,7 +30,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pneumo import config
 from pneumo.cli import rows
 from pneumo.cli.loaders import load_quality_checker, load_scope_check, load_segmenter
 from pneumo.cli.rows import (  # noqa: F401 (the row format is this program's; kept importable here)
@@ -42,9 +41,11 @@ from pneumo.cli.rows import (  # noqa: F401 (the row format is this program's; k
     Settings,
     cam_path,
     csv_row,
+    default_threshold,
     done_files,
     read_chunk,
     relative_name,
+    summary,
     unreadable,
     write_overlay,
 )
@@ -55,36 +56,6 @@ from pneumo.reading import reader
 
 NOT_READ = reader.NOT_READ
 ENGINES = ("local", "ray")
-
-
-def default_threshold(weights_dir: Path | None = None) -> float:
-    """The recommended threshold from ``metrics.json`` (rounded as the app rounds it), else 0.5."""
-    path = artifacts.weights_file(config.METRICS_FILE, weights_dir)
-    try:
-        return artifacts.recommended_threshold(weights_dir)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        print(f"warning: could not read the recommended threshold from {path} ({err}); "
-              f"using {config.DEFAULT_THRESHOLD}", file=sys.stderr)
-        return config.DEFAULT_THRESHOLD
-
-
-def summary(rows: list[dict[str, str]], threshold: float, out: Path) -> str:
-    """One line: files read, decisions by trust state, errors, flags, where the CSV is."""
-    read = [r for r in rows if not r["error"]]
-    count = {word: sum(r["decision"] == word for r in read)
-             for word in (*config.CLASS_NAMES, "DOUBTFUL", "OUT OF SCOPE")}
-    no_lungs = sum(bool(r.get("lung_warning")) for r in read)
-    lungs = f"; {no_lungs} without plausible lung fields" if no_lungs else ""
-    found = sum(bool(r.get("quality")) for r in read)
-    fixed = sum(bool(r.get("corrected")) for r in read)
-    checks = (f"; {found} with image-quality findings" + (f" ({fixed} read corrected)" if fixed
-                                                          else "")) if found else ""
-    flagged = sum(bool(r["ood_warning"]) for r in read)
-    return (f"Read {len(read)} of {len(rows)} files: {count[config.CLASS_NAMES[1]]} "
-            f"{config.CLASS_NAMES[1]}, {count[config.CLASS_NAMES[0]]} {config.CLASS_NAMES[0]} at "
-            f"threshold {threshold:g}, {count['DOUBTFUL']} doubtful, {count['OUT OF SCOPE']} out "
-            f"of scope ({flagged} not like a chest X-ray); {len(rows) - len(read)} unreadable"
-            f"{lungs}{checks} -> {out}")
 
 
 def _threshold(text: str) -> float:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pneumo import config
+from pneumo.evaluation import artifacts
 from pneumo.io.files import read_file
 from pneumo.reading import reader
 from pneumo.reading.reader import RESULT_COLUMNS, Reading, result_row
@@ -120,7 +122,6 @@ def load_models(load_segmenter=None, load_quality_checker=None, load_scope_check
     trail's recorder; raises ``FileNotFoundError`` (saying how to train one) when there is no
     classifier, :class:`pneumo.audit.AuditError` when the audit database cannot be opened. The
     loaders default to :mod:`pneumo.cli.loaders`'s."""
-    from pneumo import config
     from pneumo.cli import loaders
     from pneumo.models import ood
     from pneumo.models.runtime import load_explainer
@@ -300,3 +301,33 @@ class RowSink:
 __all__ = ["COLUMNS", "CAM_SUFFIX", "CSV_FORMATS", "Models", "RowSink", "Settings", "cam_path",
            "csv_row", "load_models", "done_files", "read_chunk", "read_rows", "relative_name", "unreadable",
            "write_overlay"]
+
+
+def default_threshold(weights_dir: Path | None = None) -> float:
+    """The recommended threshold from ``metrics.json`` (rounded as the app rounds it), else 0.5."""
+    path = artifacts.weights_file(config.METRICS_FILE, weights_dir)
+    try:
+        return artifacts.recommended_threshold(weights_dir)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"warning: could not read the recommended threshold from {path} ({err}); "
+              f"using {config.DEFAULT_THRESHOLD}", file=sys.stderr)
+        return config.DEFAULT_THRESHOLD
+
+
+def summary(rows: list[dict[str, str]], threshold: float, out: Path) -> str:
+    """One line: files read, decisions by trust state, errors, flags, where the CSV is."""
+    read = [r for r in rows if not r["error"]]
+    count = {word: sum(r["decision"] == word for r in read)
+             for word in (*config.CLASS_NAMES, "DOUBTFUL", "OUT OF SCOPE")}
+    no_lungs = sum(bool(r.get("lung_warning")) for r in read)
+    lungs = f"; {no_lungs} without plausible lung fields" if no_lungs else ""
+    found = sum(bool(r.get("quality")) for r in read)
+    fixed = sum(bool(r.get("corrected")) for r in read)
+    checks = (f"; {found} with image-quality findings" + (f" ({fixed} read corrected)" if fixed
+                                                          else "")) if found else ""
+    flagged = sum(bool(r["ood_warning"]) for r in read)
+    return (f"Read {len(read)} of {len(rows)} files: {count[config.CLASS_NAMES[1]]} "
+            f"{config.CLASS_NAMES[1]}, {count[config.CLASS_NAMES[0]]} {config.CLASS_NAMES[0]} at "
+            f"threshold {threshold:g}, {count['DOUBTFUL']} doubtful, {count['OUT OF SCOPE']} out "
+            f"of scope ({flagged} not like a chest X-ray); {len(rows) - len(read)} unreadable"
+            f"{lungs}{checks} -> {out}")
