@@ -55,6 +55,15 @@ ACTIONS = (READING, READING_CORRECTED, READING_SHOWN_ANYWAY, DEFAULT_THRESHOLD, 
 DEFAULT_THRESHOLD_KEY = "default_threshold"  # the settings row of the department's threshold
 
 
+def site_summary(calibration) -> dict | None:
+    """What a site-calibration record keeps of one: its numbers, no image and no file name."""
+    return None if calibration is None else {
+        "site": calibration.site, "created": calibration.created, "scale": calibration.scale,
+        "bias": calibration.bias, "recommended": calibration.recommended,
+        "high_sensitivity": calibration.high_sensitivity, "counts": dict(calibration.counts),
+        "set_by": getattr(calibration, "set_by", "")}
+
+
 class UTCDateTime(sa.types.TypeDecorator):
     """Stored as naive UTC on every back end, read back as an aware UTC datetime."""
 

@@ -271,13 +271,22 @@ def test_cli_leaves_images_pneumo_would_not_answer_about_out_of_the_fit(tmp_path
     assert f"{len(left)} image(s) left out of the fit" in err
 
 
-def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys, every_image_in_scope):
+def test_cli_writes_a_site_file_of_numbers_only(tmp_path, made_sample, capsys, every_image_in_scope,
+                                                monkeypatch):
+    from pneumo import audit
     from pneumo.cli import calibrate
 
     folder = _write_sample(tmp_path / "St Elsewhere sample", made_sample)
     out = tmp_path / "site-out"
+    monkeypatch.setenv(config.AUDIT_URL_ENV, f"sqlite:///{tmp_path / 'audit.sqlite3'}")
     assert calibrate.main(["--data", str(folder), "--site", "St Elsewhere",
                            "--site-dir", str(out), "--batch-size", "4"]) == 0
+    # the change is in the audit trail (#24): one record, the OS user, the new numbers, no names
+    (record,) = audit.AuditStore(f"sqlite:///{tmp_path / 'audit.sqlite3'}").records()
+    assert record["action"] == audit.SITE_CALIBRATION and record["subject"].startswith("os:")
+    assert record["old_value"] is None and json.loads(record["new_value"])["site"] == "St Elsewhere"
+    assert json.loads(record["new_value"])["set_by"] == "command line"
+    assert "case1" not in record["new_value"]
     printed = capsys.readouterr()
     assert "skipped PNEUMONIA/broken.png" in printed.err
     assert "Calibrated for St Elsewhere on 14 images" in printed.out

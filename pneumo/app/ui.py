@@ -1130,17 +1130,10 @@ def department_threshold_control() -> None:
         st.rerun()
 
 
-def _site_summary(cal) -> dict | None:
-    return None if cal is None else {
-        "site": cal.site, "created": cal.created, "scale": cal.scale, "bias": cal.bias,
-        "recommended": cal.recommended, "high_sensitivity": cal.high_sensitivity,
-        "counts": dict(cal.counts)}
-
-
 def record_site_change(old, new) -> None:
     """One audit record of a site calibration written or removed (its numbers, no image)."""
     try:
         audit_store().record(access.current().actor, audit.SITE_CALIBRATION,
-                             old=_site_summary(old), new=_site_summary(new))
+                             old=audit.site_summary(old), new=audit.site_summary(new))
     except audit.AuditError as err:
         st.session_state[_AUDIT_ERROR_KEY] = f"{err} (The site calibration change was made.)"

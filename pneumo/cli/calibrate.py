@@ -63,6 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except site.SiteSampleError as err:
         print(err, file=sys.stderr)
         return 1
+    from pneumo import audit
+
+    try:  # the change is recorded (issue #24): no calibration without the audit trail
+        store, actor = audit.AuditStore(audit.load_settings().url), audit.Actor.from_os()
+    except audit.AuditError as err:
+        print(err, file=sys.stderr)
+        return 1
+    previous = site.load(args.site_dir).calibration
 
     from tqdm import tqdm
 
@@ -98,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"No site calibration written: {err}", file=sys.stderr)
             return 1
     _print_skipped(report)
+    try:
+        store.record(actor, audit.SITE_CALIBRATION, old=audit.site_summary(previous),
+                     new=audit.site_summary(calibration))
+    except audit.AuditError as err:
+        print(f"warning: {err} (the site calibration was written)", file=sys.stderr)
     print("\n".join(site.summary_lines(calibration, report)))
     if problem := site.acceptance_problem(calibration):
         print(f"warning: the app would refuse this sample: {problem.replace(' Nothing was changed.', '')}",
