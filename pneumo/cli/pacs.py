@@ -23,7 +23,6 @@ import csv
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from pneumo import audit
 from pneumo.cli import loaders
 from pneumo.cli import rows as row_format
 from pneumo.io import pacs
+from pneumo.reading.pacs_results import Sender
 from pneumo.reading.reader import Reading
 
 IDENTITY = ("study_instance_uid", "sop_instance_uid")
@@ -91,58 +91,6 @@ class PacsAudit:
 
     def record(self, action: str, **values) -> None:
         self.store.record(self.actor, action, **values)
-
-
-@dataclass
-class Sender:
-    """Stores results back, one SR series and one SC series per study for this run."""
-
-    client: pacs.PacsClient
-    threshold: float
-    calibration: str = ""
-    series: dict[tuple[str, str], str] = field(default_factory=dict)
-    numbers: dict[str, int] = field(default_factory=dict)
-    reports: dict[str, list] = field(default_factory=dict)  # study -> pneumo SRs already there
-    audit: PacsAudit | None = None
-
-    def _series(self, study: str, kind: str) -> tuple[str, int]:
-        from highdicom import UID
-
-        uid = self.series.setdefault((study, kind), str(UID()))
-        self.numbers[uid] = self.numbers.get(uid, 0) + 1
-        return uid, self.numbers[uid]
-
-    def _previous(self, study: str, source_uid: str) -> list:
-        from pneumo.reading import dicom_results
-
-        if study not in self.reports:
-            refs = [r for r in self.client.instances(study, modality="SR")
-                    if r.series_description in ("", dicom_results.SR_SERIES_DESCRIPTION)]
-            self.reports[study] = [ds for ds in (self.client.retrieve_dataset(r) for r in refs)
-                                   if dicom_results.is_pneumo_sr(ds)]
-        return dicom_results.current_reports(self.reports[study], source_uid)
-
-    def send(self, header, reading: Reading) -> str:
-        """Store the reading's SR (and heat map); returns what was stored."""
-        from pneumo.reading import dicom_results
-
-        study = str(header.StudyInstanceUID)
-        previous = self._previous(study, str(header.SOPInstanceUID))
-        uid, number = self._series(study, "SR")
-        objects = [dicom_results.make_sr(header, reading, self.threshold, series_instance_uid=uid,
-                                         instance_number=number, calibration=self.calibration,
-                                         previous=previous)]
-        if dicom_results.wants_overlay(reading, self.threshold):
-            uid, number = self._series(study, "SC")
-            objects.append(dicom_results.make_overlay_sc(header, reading, series_instance_uid=uid,
-                                                         instance_number=number))
-        self.client.store(objects, study_instance_uid=study)
-        self.reports[study].append(objects[0])  # a second send in this run supersedes it
-        if self.audit is not None:
-            self.audit.record(audit.PACS_SEND, new={
-                "study_instance_uid": study,
-                "sop_instance_uids": [str(o.SOPInstanceUID) for o in objects]})
-        return "SR+SC" if len(objects) == 2 else "SR"
 
 
 def row(reading: Reading, ref: pacs.InstanceRef, threshold: float, calibration: str,
@@ -212,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     segmenter = loaders.load_segmenter()
     checker = loaders.load_quality_checker()
     scope_check = loaders.load_scope_check()
-    sender = Sender(client, threshold, calibration_name, audit=trail) if args.send else None
+    sender = Sender(client, threshold, calibration_name,
+                    record=lambda new: trail.record(audit.PACS_SEND, new=new)) if args.send else None
     retrieved: set[str] = set()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

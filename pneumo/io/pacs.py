@@ -94,26 +94,35 @@ class PacsSettings:
         return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+def _section(secrets: Mapping, where) -> Mapping:
+    section = secrets.get(SECRETS_SECTION, {})
+    if not isinstance(section, Mapping):
+        raise PacsNotConfigured(f"[{SECRETS_SECTION}] in {where} must be a table of settings.")
+    return section
+
+
 def _secrets(path: Path) -> Mapping:
+    """The ``[pacs]`` section of ``path`` (read only when the environment leaves something unsaid)."""
     if not path.is_file():
         return {}
     try:
         with path.open("rb") as f:
-            section = tomllib.load(f).get(SECRETS_SECTION, {})
+            found = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise PacsNotConfigured(f"{path} could not be read ({err}); fix it or remove its "
                                 f"[{SECRETS_SECTION}] section.") from None
-    if not isinstance(section, Mapping):
-        raise PacsNotConfigured(f"[{SECRETS_SECTION}] in {path} must be a table of settings.")
-    return section
+    return _section(found, path)
 
 
 def load_settings(url: str | None = None, environ: Mapping[str, str] | None = None,
-                  secrets_file: Path | None = None) -> PacsSettings | None:
+                  secrets_file: Path | None = None,
+                  secrets: Mapping | None = None) -> PacsSettings | None:
     """The configured PACS, or None when no URL is configured anywhere (the PACS is off).
 
-    Raises :class:`PacsNotConfigured` for a configuration that cannot work (an address that is
-    not http(s), a user name without a password, a timeout that is not a positive number)."""
+    ``secrets``: the secrets already read (the app passes ``st.secrets``), whose ``[pacs]``
+    section then stands for the file's. Raises :class:`PacsNotConfigured` for a configuration
+    that cannot work (an address that is not http(s), a user name without a password, a timeout
+    that is not a positive number)."""
     environ = os.environ if environ is None else environ
     path = SECRETS_FILE if secrets_file is None else secrets_file
     keys = {"url": ENV_URL, "username": ENV_USERNAME, "password": ENV_PASSWORD,
@@ -121,7 +130,7 @@ def load_settings(url: str | None = None, environ: Mapping[str, str] | None = No
     values = {name: environ.get(env, "") for name, env in keys.items()}
     if not all(values[k] for k in ("url", "timeout")) or not (
             values["token"] or (values["username"] and values["password"])):
-        from_file = _secrets(path)  # only read when the environment leaves something unsaid
+        from_file = _secrets(path) if secrets is None else _section(secrets, "the secrets")
         for name in keys:
             if not values[name] and from_file.get(name) not in (None, ""):
                 values[name] = str(from_file[name])
@@ -157,6 +166,8 @@ class Study:
     accession_number: str = field(default="", repr=False)
     patient_id: str = field(default="", repr=False)
     patient_name: str = field(default="", repr=False)
+    patient_birth_date: str = field(default="", repr=False)
+    study_description: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -323,7 +334,8 @@ class PacsClient:
         if accession_number:
             filters["AccessionNumber"] = accession_number
         fields = ["StudyInstanceUID", "StudyDate", "StudyTime", "ModalitiesInStudy",
-                  "AccessionNumber", "PatientID", "PatientName", "NumberOfStudyRelatedInstances"]
+                  "AccessionNumber", "PatientID", "PatientName", "NumberOfStudyRelatedInstances",
+                  "PatientBirthDate", "StudyDescription"]
         found: dict[str, tuple[str, Study]] = {}
         for modality in MODALITIES:
             items = self._paged("searching for studies", self._client.search_for_studies,
@@ -339,7 +351,9 @@ class PacsClient:
                     modalities=_values(item, "00080061"),
                     n_instances=int(count) if count.isdigit() else None,
                     accession_number=_value(item, "00080050"), patient_id=_value(item, "00100020"),
-                    patient_name=_value(item, "00100010")))
+                    patient_name=_value(item, "00100010"),
+                    patient_birth_date=_value(item, "00100030"),
+                    study_description=_value(item, "00081030")))
         return [study for _, study in sorted(found.values(),
                                              key=lambda t: (t[1].study_date, t[0]))]
 
