@@ -28,7 +28,7 @@ def test_quick_benchmark_writes_every_row(tmp_path, monkeypatch, bundled_model_d
     names = [row["name"] for row in results["rows"]]
     for expected in ("16-bit PNG", "JPEG", "prediction, 1 image", "prediction, batch of 3",
                      "Grad-CAM, 1 image", "Grad-CAM++, 1 image", "batch of 3 files with CAMs",
-                     "cold start", "peak RSS"):
+                     "cold start", "peak RSS", "audit record of one reading"):
         assert any(expected in name for name in names), expected
     for row in results["rows"]:
         for path in ("naive", "pneumo"):
@@ -40,7 +40,8 @@ def test_quick_benchmark_writes_every_row(tmp_path, monkeypatch, bundled_model_d
     assert set(targets) == {"prediction, 1 image", "prediction, batch of 3",
                             "batch of 3 files with CAMs, end to end", "cold start to model ready",
                             "decode + preprocess, 2000x2000 16-bit PNG",
-                            "decode + preprocess, 2000x2500 JPEG"}
+                            "decode + preprocess, 2000x2500 JPEG",
+                            "audit record of one reading (SQLite)"}
     assert results["end_to_end_parts_ms"] and all(
         ms > 0 for ms in results["end_to_end_parts_ms"].values())
     assert results["machine"]["runtime"] in ("openvino", "keras")
