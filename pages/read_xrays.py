@@ -40,11 +40,15 @@ if not readings:
     st.stop()
 
 kept = ui.kept_outside_the_box()
-if kept:
+from_pacs = len(ui.pacs_readings())  # read on the From PACS page, named by patient and study
+if kept or from_pacs:
     left, right = st.columns([4, 1], vertical_alignment="center")
     files = "its file is" if kept == 1 else "their files are"
-    left.caption(f"{wording.plural(kept, 'reading')} from earlier in this session: {files} no "
-                 "longer in the upload box (it empties when you visit another page).")
+    left.caption(" ".join(
+        ([f"{wording.plural(kept, 'reading')} from earlier in this session: {files} no "
+          "longer in the upload box (it empties when you visit another page)."] if kept else [])
+        + ([f"{wording.plural(from_pacs, 'reading')} of images from the PACS (From PACS page), "
+            "named by patient and study date."] if from_pacs else [])))
     right.button("Forget these readings", on_click=ui.forget_readings, key="forget_readings",
                  icon=":material/delete:")
 

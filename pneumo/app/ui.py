@@ -37,6 +37,7 @@ PAGES = (  # (script, title, icon); the first is the home page
 ADMIN_PAGES = (  # shown to administrators only (everyone in laptop mode)
     ("pages/audit.py", "Audit", ":material/policy:"),
 )
+PACS_PAGE = ("pages/from_pacs.py", "From PACS", ":material/cloud_download:")  # a PACS configured
 _APP = threading.local()  # .running: the entry script is running a page in this thread
 
 
@@ -48,7 +49,8 @@ def run_app() -> None:
     audit_store()  # opened (tables made) at start-up: a wrong audit database stops here
     audit_error_notice()
     explainer()  # once per server: starts loading and warming the model in the background
-    allowed = PAGES + (ADMIN_PAGES if user.is_admin else ())
+    allowed = PAGES[:1] + ((PACS_PAGE,) if pacs_configured() else ()) + PAGES[1:] + (
+        ADMIN_PAGES if user.is_admin else ())
     pages = [st.Page(script, title=title, icon=icon, default=i == 0)
              for i, (script, title, icon) in enumerate(allowed)]
     threshold_slider()
@@ -283,24 +285,11 @@ def read_uploads(uploads, segmenter=None, quality_checker=None,
     st.session_state[IN_BOX_KEY], st.session_state[SHOWN_KEY] = box, shown
     new = {d: f for f, d in zip(files, digests) if d not in cache}
     if new:
-        with st.status(f"Reading {wording.plural(len(new), 'new file')}...",
-                       expanded=False) as status:
-            bar = st.progress(0.0)
-            results = reader.read_batch(
-                list(new.values()), explainer(), ood_check=ood_detector(),
-                progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
-                segmenter=segmenter, quality_checker=quality_checker, digests=list(new),
-                scope_check=scope_check())
-            record_readings([site_reading(r) for r in results])  # one audit record each, first
-            for reading in results:
-                cache[reading.digest] = reading
-            if on_read is not None:
-                on_read(len(new))
-            unreadable = sum(1 for r in results if r.error)
-            status.update(label=wording.files_read_text(len(results), unreadable, len(box)),
-                          state="error" if unreadable == len(results) else "complete")
+        read_new(new, segmenter, quality_checker, len(box))
+        if on_read is not None:
+            on_read(len(new))
     kept = {d for _, d in shown}
-    for store in (cache, corrected):
+    for store in (cache, corrected, st.session_state.get(PACS_KEY, {})):
         for digest in [d for d in store if d not in kept]:
             del store[digest]
     readings = [cache[d] if cache[d].name == name else replace(cache[d], name=name)
@@ -308,10 +297,100 @@ def read_uploads(uploads, segmenter=None, quality_checker=None,
     return [site_reading(r) for r in readings]
 
 
+def read_new(new: dict[str, tuple[str, bytes]], segmenter=None, quality_checker=None,
+             shown: int | None = None) -> list[Reading]:
+    """Read files (digest -> (name, bytes)) once, the way every file is read (uploads and
+    images from the PACS): the server's models and checks, one audit record per reading
+    written first, then each kept in the session's cache. ``shown``: how many files the page
+    shows, for the status line."""
+    cache: dict = st.session_state.setdefault(READINGS_KEY, {})
+    with st.status(f"Reading {wording.plural(len(new), 'new file')}...",
+                   expanded=False) as status:
+        bar = st.progress(0.0)
+        results = reader.read_batch(
+            list(new.values()), explainer(), ood_check=ood_detector(),
+            progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
+            segmenter=segmenter, quality_checker=quality_checker, digests=list(new),
+            scope_check=scope_check())
+        record_readings([site_reading(r) for r in results])  # one audit record each, first
+        for reading in results:
+            cache[reading.digest] = reading
+        unreadable = sum(1 for r in results if r.error)
+        status.update(label=wording.files_read_text(len(results), unreadable,
+                                                    len(results) if shown is None else shown),
+                      state="error" if unreadable == len(results) else "complete")
+    return results
+
+
+# --- the PACS (pneumo.io.pacs; the From PACS page is pneumo.app.pacs_ui) ---
+
+PACS_KEY = "pacs_images"  # digest -> PacsImage, for the shown readings retrieved from the PACS
+
+
+@dataclass(frozen=True)
+class PacsImage:
+    """Where a shown reading came from in the PACS: its label on the cards and in the worklist
+    (patient and study, never a file name), the instance, and its header without pixels (to
+    store results back in its study). Kept in the session's memory only."""
+
+    label: str
+    ref: object  # pneumo.io.pacs.InstanceRef
+    header: object  # pydicom Dataset without pixel data
+
+
+def pacs_settings():
+    """The configured PACS (:class:`pneumo.io.pacs.PacsSettings`), or None when none is: the
+    environment, else ``[pacs]`` of the app's secrets. Contacts nothing. Raises
+    :class:`pneumo.io.pacs.PacsNotConfigured` for a configuration that cannot work."""
+    from pneumo.io import pacs
+
+    return pacs.load_settings(secrets=access.secrets())
+
+
+def pacs_configured() -> bool:
+    """True when a PACS is configured, even wrongly (its page then says what is wrong)."""
+    from pneumo.io import pacs
+
+    try:
+        return pacs_settings() is not None
+    except pacs.PacsNotConfigured:
+        return True
+
+
+def add_pacs_readings(items: list[tuple[PacsImage, bytes]], segmenter=None,
+                      quality_checker=None) -> list[Reading]:
+    """Read images retrieved from the PACS (each at most once a session) through the uploads'
+    path, and show them on the Read X-rays page (cards and worklist) under their labels, after
+    what is shown already. Returns their readings, site-calibrated."""
+    cache: dict = st.session_state.setdefault(READINGS_KEY, {})
+    origin: dict = st.session_state.setdefault(PACS_KEY, {})
+    shown: list = st.session_state.setdefault(SHOWN_KEY, [])
+    named = [(image, reader.digest_of(data), data) for image, data in items]
+    new = {d: (image.label, data) for image, d, data in named if d not in cache}
+    if new:
+        read_new(new, segmenter, quality_checker)
+    for image, digest, _ in named:
+        origin[digest] = image
+        if (image.label, digest) not in shown:
+            shown.append((image.label, digest))
+    return [site_reading(replace(cache[d], name=image.label)) for image, d, _ in named]
+
+
+def pacs_readings() -> list[tuple[PacsImage, Reading]]:
+    """The shown readings retrieved from the PACS, site-calibrated, in the order shown."""
+    cache = st.session_state.get(READINGS_KEY, {})
+    origin = st.session_state.get(PACS_KEY, {})
+    return [(origin[d], site_reading(replace(cache[d], name=name)))
+            for name, d in st.session_state.get(SHOWN_KEY, []) if d in origin and d in cache]
+
+
 def kept_outside_the_box() -> int:
-    """How many shown readings have no file in the upload box (it was emptied by a page change)."""
+    """How many shown readings have no file in the upload box (it was emptied by a page change);
+    readings from the PACS are not counted (they never had a file)."""
     box = st.session_state.get(IN_BOX_KEY, [])
-    return sum(1 for item in st.session_state.get(SHOWN_KEY, []) if item not in box)
+    origin = st.session_state.get(PACS_KEY, {})
+    return sum(1 for item in st.session_state.get(SHOWN_KEY, [])
+               if item not in box and item[1] not in origin)
 
 
 def forget_readings() -> None:
@@ -319,7 +398,7 @@ def forget_readings() -> None:
     box = st.session_state.get(IN_BOX_KEY, [])
     st.session_state[SHOWN_KEY] = list(box)
     keep = {d for _, d in box}
-    for store_key in (READINGS_KEY, CORRECTED_KEY):
+    for store_key in (READINGS_KEY, CORRECTED_KEY, PACS_KEY):
         store = st.session_state.get(store_key, {})
         for digest in [d for d in store if d not in keep]:
             del store[digest]
@@ -996,6 +1075,8 @@ def forget_session() -> None:
     """Sign-out (or an expired sign-in): the session's readings and threshold are forgotten."""
     for key in (READINGS_KEY, CORRECTED_KEY, SHOWN_KEY, IN_BOX_KEY, THRESHOLD_KEY, _SITE_KEY):
         st.session_state.pop(key, None)
+    for key in [k for k in st.session_state if str(k).startswith("pacs_")]:  # PACS_KEY, the
+        del st.session_state[key]  # From PACS page's search (patient names), choices, results
 
 
 def is_admin() -> bool:
