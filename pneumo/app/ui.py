@@ -1038,7 +1038,8 @@ def intended_use_notice() -> None:
     st.sidebar.caption(
         "pneumo is a decision aid for pediatric (1-5 years) AP chest X-rays, trained on one "
         "centre's data. It is not a diagnosis. Images are processed in memory on this server "
-        "and are never stored or sent anywhere."
+        "and are never stored or sent anywhere"
+        + ("; results go to the PACS only when a user sends them." if pacs_configured() else ".")
     )
 
 
