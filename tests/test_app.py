@@ -677,6 +677,7 @@ def test_worklist_lists_flagged_films_first_never_with_a_bare_decision(monkeypat
         bare = row["decision"] in ("NORMAL", "PNEUMONIA")
         assert bare == (row["trust"] == "Trusted"), row.to_dict()
         assert bool(row["reason"]) == (row["trust"] != "Trusted")
+    assert table["probability"][1] != table["probability"][1]  # out of scope: withheld (NaN)
     rest = list(table["probability"][3:])
     assert rest == sorted(rest, reverse=True)  # then the highest probability first
     assert table["probability"].dtype.kind == "f"  # a number, shown as text

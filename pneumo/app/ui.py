@@ -973,7 +973,8 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
 
     chosen = [row for row in rows if row["flagged"]] if flagged_only else rows
     frame = pd.DataFrame([{
-        "file": row["file"], "probability": row["probability_pneumonia"],
+        "file": row["file"],  # an out-of-scope film's reading is withheld here as on its card
+        "probability": None if row["trust"] == trust_states.OUT_OF_SCOPE else row["probability_pneumonia"],
         "decision": row["decision"], "trust": row["trust_label"], "reason": row["reason"],
         "threshold": row["threshold"], "corrected": row["corrected"], "warning": row["warning"],
     } for row in chosen], columns=["file", "probability", "decision", "trust", "reason",
