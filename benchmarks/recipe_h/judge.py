@@ -1,11 +1,13 @@
-"""Recipe H's rule (docs/heatmaps_and_ensemble.md, declared before its runs), applied to one seed.
+"""The heat-map recipes' rules (docs/heatmaps_and_ensemble.md, each declared before its runs),
+applied to one seed.
 
-    python benchmarks/recipe_h/judge.py RUN_DIR HEATMAPS_VAL_JSON --seed S
+    python benchmarks/recipe_h/judge.py RUN_DIR HEATMAPS_VAL_JSON --seed S [--recipe H|HP]
 
 Reads the run's ``training.json`` (the calibrated validation log loss) and the heat-map
 measures of ``benchmarks/heatmaps.py --split val`` for that model, and writes
-``benchmarks/recipe_h/seedS.json``: the figures, the three conditions and whether the seed
-meets them. The recipe is kept only if every declared seed meets them.
+``benchmarks/recipe_h/seedS.json`` (recipe H) or ``hp_seedS.json`` (recipe HP): the figures,
+the three conditions and whether the seed meets them. A recipe is kept only if every declared
+seed meets them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from pathlib import Path
 
 RULE = {"min_flip_equivariance": 0.8, "flip_above_unflipped": True, "max_val_log_loss": 0.104,
         "side_preference_range": [0.2, 0.8], "seeds": [1337, 2027]}
+# Recipe HP: H plus --lung-penalty 0.1, the same conditions, its log-loss bar written exactly
+# (declared after H's decision, before any HP run).
+RULES = {"H": RULE, "HP": {**RULE, "max_val_log_loss": 0.1042}}
+RECIPES = {"H": ("H: run 3's recipe + --hflip 0.5", "--hflip 0.5", "seed"),
+           "HP": ("HP: H + --lung-penalty 0.1", "--hflip 0.5 --lung-penalty 0.1", "hp_seed")}
 
 
 def conditions(figures: dict, rule: dict = RULE) -> dict[str, bool]:
@@ -33,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("heatmaps", type=Path)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--recipe", choices=sorted(RULES), default="H")
     args = parser.parse_args(argv)
+    rule = RULES[args.recipe]
+    what, flags, prefix = RECIPES[args.recipe]
     training = json.loads((args.run / "training.json").read_text())
     pneumonia = json.loads(args.heatmaps.read_text())["heatmaps"]["val"]["PNEUMONIA"]
     figures = {
@@ -45,15 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         "occlusion_faithfulness": pneumonia["occlusion_faithfulness"]["mean"],
         "peak_image_right_share": pneumonia["peak_side"]["right_share"],
     }
-    met = conditions(figures)
-    record = {"recipe": "H: run 3's recipe + --hflip 0.5", "seed": args.seed,
+    met = conditions(figures, rule)
+    record = {"recipe": what, "recipe_key": args.recipe, "seed": args.seed,
               "command": f"python -m pneumo.train --data ../shared/data/chest_xray --out DIR "
-                         f"--hflip 0.5 --seed {args.seed}",
+                         f"{flags} --seed {args.seed}",
               "training": {"checkpoint": training.get("checkpoint"),
                            "duration_minutes": training.get("duration_minutes")},
-              "rule": RULE, "validation_pneumonia": figures, "conditions": met,
+              "rule": rule, "validation_pneumonia": figures, "conditions": met,
               "meets_rule": all(met.values())}
-    out = Path(__file__).with_name(f"seed{args.seed}.json")
+    out = Path(__file__).with_name(f"{prefix}{args.seed}.json")
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({"figures": figures, "conditions": met}, indent=1))
 
