@@ -242,10 +242,8 @@ def read_section(settings: pacs.PacsSettings) -> None:
         read_studies(settings, chosen)
     done = st.session_state.get(READ_KEY)
     if done:
-        for line in done["errors"]:
-            st.error(line, icon=":material/error:")
+        _show_outcome(done)
         if done["lines"]:
-            st.success("\n\n".join(done["lines"]), icon=":material/check_circle:")
             st.page_link("pages/read_xrays.py", label="Open the cards and worklist on Read X-rays",
                          icon=":material/radiology:")
 
@@ -317,10 +315,7 @@ def send_section(settings: pacs.PacsSettings) -> None:
         send_results(settings, found, threshold)
     done = st.session_state.get(SENT_KEY)
     if done:
-        for line in done["errors"]:
-            st.error(line, icon=":material/error:")
-        if done["lines"]:
-            st.success("\n\n".join(done["lines"]), icon=":material/check_circle:")
+        _show_outcome(done)
         if done["table"]:
             st.dataframe(pd.DataFrame(done["table"]), hide_index=True, width="stretch")
 
@@ -364,3 +359,11 @@ def send_results(settings: pacs.PacsSettings, found, threshold: float) -> None:
              f"{wording.plural(maps, 'heat map')} (Secondary Capture) in the PACS, each in its "
              f"image's study, at threshold {threshold:.3f}."] if reports else []
     st.session_state[SENT_KEY] = {"lines": lines, "errors": errors, "table": table}
+
+
+def _show_outcome(done: dict) -> None:
+    """What a read or a send did: each error in its own box, then what went well."""
+    for line in done["errors"]:
+        st.error(line, icon=":material/error:")
+    if done["lines"]:
+        st.success("\n\n".join(done["lines"]), icon=":material/check_circle:")
