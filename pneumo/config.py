@@ -36,6 +36,8 @@ BACKBONE_NAME = "efficientnet_lite0"
 CAM_LAYER = "top_activation"  # last convolutional feature map (7x7x1280)
 LOGIT_LAYER = "logit"
 CALIBRATION_LAYER = "calibration"
+MEMBER_SCORES_LAYER = "member_scores"  # an ensemble's members' calibrated scores (pneumo.models.ensemble)
+MEMBER_PREFIX = "member_"  # an ensemble's member backbones are sub-models member_1 ... member_K
 
 # Data split and training.
 SEED = 1337
@@ -53,6 +55,16 @@ CONSISTENCY_WEIGHT = 0.0  # two views per image, squared logit difference (see R
 STABILITY_WEIGHT = 4.0  # an image and its mildly re-encoded copy, Bernoulli JSD (README: run 3)
 HFLIP_PROBABILITY = 0.0  # left-right mirror in fine-tuning (train --hflip; issue #25's recipe runs)
 STABILITY_FROM_EPOCH = 2  # the stability term is off in the first fine-tuning epoch
+
+# Issue #25's ensemble (pneumo.models.ensemble; train --members / --ensemble-of), as declared in
+# docs/heatmaps_and_ensemble.md before any member's figures: the members' seeds in order, the
+# spares that replace a failed member in order, the failed-member rule, the disagreement vote.
+ENSEMBLE_SEEDS = (1337, 2027, 3001, 3002, 3003)
+ENSEMBLE_SPARE_SEEDS = (3004, 3005, 3006)
+ENSEMBLE_FAILED_BEST_EPOCH = 1  # a member whose fine-tuning checkpoint is this epoch failed
+ENSEMBLE_FAILED_LOSS_RATIO = 2.0  # ... or whose calibrated val log loss is over this x the median
+ENSEMBLE_MEMBERS_DIR = "members"  # train --members writes OUT/members/seed_S/
+MEMBERS_DISAGREE_MINORITY = 2  # the members disagree when at least this many vote against the rest
 
 # Lung-field segmenter (pneumo.models.lungs): a small U-Net on the classifier's own 224 px input.
 LUNG_INPUT_SIZE = 128  # pixels: the network works at this size inside the model

@@ -13,6 +13,11 @@ activation map), and Grad-CAM++'s formula collapses to one weight per channel
 (for the OOD check) come from ONE forward pass, with no gradient tape: :class:`CamExplainer`
 runs it in Keras, :mod:`pneumo.models.runtime` in a faster runtime. Tests keep both equal to
 tf-keras-vis.
+
+An ensemble (:mod:`pneumo.models.ensemble`) has K members' feature maps side by side and one
+linear score per member: its maps are the plain mean of the members' own maps (each normalised
+0..1), its member probabilities each member's own calibrated one, and its pooled features
+(the OOD check's) the first member's.
 """
 
 from __future__ import annotations
@@ -36,23 +41,34 @@ class Explanation:
     probability: float
     cams: dict[str, np.ndarray]
     features: np.ndarray  # (1280,) global-average-pooled last feature map (for the OOD check)
+    member_probabilities: np.ndarray | None = None  # (K,) an ensemble's members' own; None: one model
 
 
 @dataclass(frozen=True)
 class Head:
     """The linear part of the model after the last feature map: ``score = a * (w . pool(A) + c) + b``.
 
-    ``probability = sigmoid(score)``; ``score`` is what tf-keras-vis differentiates.
+    ``probability = sigmoid(score)``; ``score`` is what tf-keras-vis differentiates. For an
+    ensemble, ``w`` spans all members' channels (the mean logit's weights) and member m's own
+    calibrated score is ``member_kernels[m] . pool(A_m) + member_biases[m]``.
     """
 
-    kernel: np.ndarray  # (K,) logit weights w
+    kernel: np.ndarray  # (C,) logit weights w
     scale: float  # calibration a
     bias: float  # calibration b
+    member_kernels: np.ndarray | None = None  # (K, C / K) an ensemble's members' a_m * w_m
+    member_biases: np.ndarray | None = None  # (K,) their a_m * c_m + b_m
+
+    @property
+    def members(self) -> int:
+        """K for an ensemble's head, 0 for a single model's."""
+        return 0 if self.member_kernels is None else len(self.member_kernels)
 
     @classmethod
     def of(cls, model) -> Head:
         """Read the head's weights from the Keras classifier
-        (:func:`pneumo.models.classifier.build_classifier`)."""
+        (:func:`pneumo.models.classifier.build_classifier`) or ensemble
+        (:func:`pneumo.models.ensemble.build_ensemble`)."""
         logit, calibration = model.get_layer(config.LOGIT_LAYER), model.get_layer(config.CALIBRATION_LAYER)
         pool = model.get_layer("avg_pool")
         if (type(pool).__name__ != "GlobalAveragePooling2D"
@@ -61,9 +77,44 @@ class Head:
                 or calibration.activation.__name__ != "sigmoid"):
             raise ValueError("the closed-form CAMs need the head feature map -> global average "
                              "pool -> linear logit -> sigmoid calibration")
-        kernel = np.asarray(logit.get_weights()[0], "float32")
         a, b = calibration.get_weights()
-        return cls(kernel.reshape(-1), float(np.ravel(a)[0]), float(np.ravel(b)[0]))
+        a, b = float(np.ravel(a)[0]), float(np.ravel(b)[0])
+        if not any(layer.name == config.MEMBER_SCORES_LAYER for layer in model.layers):
+            kernel = np.asarray(logit.get_weights()[0], "float32")
+            return cls(kernel.reshape(-1), a, b)
+        return cls._of_ensemble(model, logit, a, b)
+
+    @classmethod
+    def _of_ensemble(cls, model, logit, a: float, b: float) -> Head:
+        scores = model.get_layer(config.MEMBER_SCORES_LAYER)
+        if scores.activation.__name__ != "linear" or logit.input is not scores.output:
+            raise ValueError("an ensemble's head must be member scores -> logit, both linear")
+        block, member_biases = (np.asarray(w, "float32") for w in scores.get_weights())
+        k = block.shape[1]
+        channels = block.shape[0] // k
+        member_kernels = np.stack([block[m * channels:(m + 1) * channels, m] for m in range(k)])
+        off_diagonal = block.reshape(k, channels, k).copy()
+        off_diagonal[np.arange(k), :, np.arange(k)] = 0.0
+        if np.any(off_diagonal):
+            raise ValueError("an ensemble's member scores must each read one member's channels")
+        kernel = (block @ np.asarray(logit.get_weights()[0], "float32")).reshape(-1)
+        return cls(kernel, a, b, member_kernels, member_biases.reshape(-1))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The head as named arrays (a runtime's head file); :meth:`from_arrays` reads them."""
+        out = {"kernel": self.kernel, "scale": np.float64(self.scale), "bias": np.float64(self.bias)}
+        if self.member_kernels is not None:
+            out.update(member_kernels=self.member_kernels, member_biases=self.member_biases)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> Head:
+        """The head :meth:`arrays` wrote (a mapping, e.g. an open ``.npz``)."""
+        members = "member_kernels" in arrays
+        return cls(np.asarray(arrays["kernel"], "float32"), float(arrays["scale"]),
+                   float(arrays["bias"]),
+                   np.asarray(arrays["member_kernels"], "float32") if members else None,
+                   np.asarray(arrays["member_biases"], "float32") if members else None)
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
         """(N,) calibrated scores before the sigmoid, from (N,) or (N, 1) logits (float32 as Keras)."""
@@ -150,6 +201,8 @@ def explanations(probabilities: np.ndarray, logits: np.ndarray, features: np.nda
     ``features`` is the last feature map (N, h, w, K) as the model computes it (float32).
     """
     features = np.asarray(features, "float32")
+    if head.members:
+        return _ensemble_explanations(probabilities, features, head)
     _, h, w, _ = features.shape
     gradient = head.gradient(h, w)
     cam = gradcam_from_features(features, gradient)
@@ -157,6 +210,30 @@ def explanations(probabilities: np.ndarray, logits: np.ndarray, features: np.nda
     pooled = features.mean(axis=(1, 2))
     return [Explanation(float(p), {METHODS[0]: c, METHODS[1]: cpp}, f)
             for p, c, cpp, f in zip(np.ravel(probabilities), cam, cam_pp, pooled)]
+
+
+def _ensemble_explanations(probabilities: np.ndarray, features: np.ndarray,
+                           head: Head) -> list[Explanation]:
+    """:func:`explanations` for an ensemble: per member, its Grad-CAM and Grad-CAM++ from its own
+    channels and calibrated score, exactly as for that member alone; the maps are their plain
+    mean, the features the first member's pooled ones."""
+    n, h, w, channels = features.shape
+    k = head.members
+    per_member = features.reshape(n, h, w, k, channels // k)
+    cams, cams_pp, scores, first = [], [], [], None
+    for m in range(k):
+        own = np.ascontiguousarray(per_member[..., m, :])
+        pooled = own.mean(axis=(1, 2))
+        first = pooled if first is None else first
+        score = pooled @ head.member_kernels[m] + head.member_biases[m]
+        gradient = head.member_kernels[m] / np.float32(h * w)
+        cams.append(gradcam_from_features(own, gradient))
+        cams_pp.append(gradcam_plus_plus_from_features(own, gradient, score))
+        scores.append(score)
+    cam, cam_pp = np.mean(cams, axis=0), np.mean(cams_pp, axis=0)
+    member_p = 1.0 / (1.0 + np.exp(-np.stack(scores, axis=1).astype("float64")))
+    return [Explanation(float(p), {METHODS[0]: c, METHODS[1]: cpp}, f, mp)
+            for p, c, cpp, f, mp in zip(np.ravel(probabilities), cam, cam_pp, first, member_p)]
 
 
 def pixel_batch(images: np.ndarray) -> np.ndarray:

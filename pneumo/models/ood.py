@@ -157,10 +157,13 @@ def augmented_copies(images: np.ndarray, copies: int, seed: int, chunk: int = 25
 
 
 def pooled_features(model, images: np.ndarray | list, batch_size: int = 32) -> np.ndarray:
-    """The model's pooled features (``avg_pool``) for uint8 images, or for chunks of them."""
+    """The model's pooled features (``avg_pool``; an ensemble's first member's) for uint8
+    images, or for chunks of them."""
     import keras
 
-    pooled = keras.Model(model.input, model.get_layer("avg_pool").output)
+    from pneumo.models.ensemble import first_member_pooled
+
+    pooled = keras.Model(model.input, first_member_pooled(model))
     chunks = [images] if isinstance(images, np.ndarray) else images
     out = [pooled.predict(np.asarray(c, dtype="float32"), batch_size=batch_size, verbose=0)
            for c in chunks]

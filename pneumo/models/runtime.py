@@ -53,7 +53,8 @@ from pneumo.models.explain import ForwardExplainer, Head
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the conversion below changes: cached models of older formats are rebuilt
+FORMAT = 2  # bump when the conversion below changes: cached models of older formats are rebuilt
+# (2: the head file carries an ensemble's member kernels and biases, pneumo.models.ensemble)
 MODEL_XML = "model.xml"
 LITERT_FILE = "model.tflite"
 HEAD_FILE = "head.npz"
@@ -149,14 +150,15 @@ def convert_litert(model, folder: Path) -> None:
     _outputs_model(model).export(str(saved), format="tf_saved_model", verbose=False)
     (folder / LITERT_FILE).write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
     shutil.rmtree(saved)
-    np.savez(folder / HEAD_FILE, kernel=head.kernel, scale=head.scale, bias=head.bias)
+    np.savez(folder / HEAD_FILE, **head.arrays())
 
 
 def convert(model, folder: Path) -> None:
     """Convert the Keras classifier to an OpenVINO model (f32 weights) in ``folder``.
 
     Outputs, in order: calibrated probability (N, 1), logit (N, 1), last feature map
-    (N, 7, 7, 1280); the input is any batch of (224, 224, 3) float32 RGB 0-255.
+    (N, 7, 7, 1280; an ensemble's K members' side by side, K * 1280); the input is any batch of
+    (224, 224, 3) float32 RGB 0-255. The head file holds what :class:`Head` needs.
     """
     import openvino as ov
     import tensorflow as tf
@@ -169,7 +171,7 @@ def convert(model, folder: Path) -> None:
     for output, name in zip(ov_model.outputs, OUTPUTS):
         output.get_tensor().set_names({name})
     ov.save_model(ov_model, folder / MODEL_XML, compress_to_fp16=False)
-    np.savez(folder / HEAD_FILE, kernel=head.kernel, scale=head.scale, bias=head.bias)
+    np.savez(folder / HEAD_FILE, **head.arrays())
 
 
 def build_cached(model_path: Path, sha256: str, cache_dir: Path, backend: str = "openvino",
@@ -430,8 +432,7 @@ class OpenVinoExplainer(ForwardExplainer):
         import openvino as ov
 
         with np.load(folder / HEAD_FILE) as head:
-            self.head = Head(head["kernel"].astype("float32"), float(head["scale"]),
-                             float(head["bias"]))
+            self.head = Head.from_arrays(head)
         self.folder = folder
         cores = int(threads or usable_cpus())
         self._core = ov.Core()
@@ -527,8 +528,7 @@ class LiteRtExplainer(ForwardExplainer):
         from ai_edge_litert.interpreter import Interpreter
 
         with np.load(folder / HEAD_FILE) as head:
-            self.head = Head(head["kernel"].astype("float32"), float(head["scale"]),
-                             float(head["bias"]))
+            self.head = Head.from_arrays(head)
         self.folder = folder
         self._interpreter = Interpreter(model_path=str(folder / LITERT_FILE),
                                         num_threads=threads or usable_cpus())
