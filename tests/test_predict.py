@@ -256,12 +256,14 @@ def test_csv_keeps_its_columns_and_adds_quality_and_corrected(quality_runs):
     _, out = quality_runs
     rows, _ = out["as found"]
     assert list(rows[0]) == list(predict.COLUMNS)
-    # issue #20 added trust, reason and reason_code after the decision, older_score at the end
+    # issue #20 added trust, reason and reason_code after the decision, older_score at the end;
+    # issue #25 an ensemble's vote after it (empty and False for one model)
     assert predict.COLUMNS[:13] == ("file", "probability_pneumonia", "decision", "trust", "reason",
                                     "reason_code", "threshold", "gradcam_in_lungs", "ood_warning",
                                     "lung_warning", "error", "notes", "cam_file")
     assert predict.COLUMNS[13:] == ("quality", "corrected", "calibration", "bundled_probability",
-                                    "older_score")
+                                    "older_score", "members_pneumonia", "members_disagree")
+    assert [(r["members_pneumonia"], r["members_disagree"]) for r in rows] == [("", "False")] * len(rows)
 
 
 def test_quality_column_and_auto_correct(quality_runs):

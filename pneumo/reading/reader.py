@@ -27,6 +27,7 @@ from pneumo.evaluation.metrics import flagged
 from pneumo.io.base import ImageError, as_rgb
 from pneumo.io.images import decode_image, to_model_input
 from pneumo.reading import trust as trust_states
+from pneumo.reading import vote as votes
 
 if TYPE_CHECKING:
     from pneumo.io.header import HeaderFacts
@@ -67,6 +68,7 @@ class Reading:
     older_score: float | None = None  # the pixel population check's "older" probability
     judged_on_corrected: bool = False  # scope checks ran on the quality check's corrected copy
     corrected_lung_warning: str | None = None  # then: the corrected copy's lung-field warning
+    member_probabilities: np.ndarray | None = None  # an ensemble's members' own (None: one model)
 
     @property
     def trust(self) -> trust_states.Trust:
@@ -76,6 +78,11 @@ class Reading:
     @property
     def ok(self) -> bool:
         return self.error is None and self.probability is not None
+
+    def vote(self, threshold: float) -> votes.Vote | None:
+        """An ensemble's members' vote at ``threshold`` (:mod:`pneumo.reading.vote`); None for
+        one model or an unread file."""
+        return votes.vote(self.member_probabilities, threshold) if self.ok else None
 
     @property
     def quality_messages(self) -> list[str]:
@@ -317,6 +324,7 @@ def _explain_chunk(chunk: list[Reading], explainer, segmenter=None) -> np.ndarra
         reading.probability = explanation.probability
         reading.cams = explanation.cams
         reading.features = explanation.features
+        reading.member_probabilities = explanation.member_probabilities
     if segmenter is not None:
         for reading, fields in zip(chunk, _lung_fields(segmenter, images)):
             add_lung_fields(reading, fields)
@@ -384,7 +392,8 @@ DECISION_WORDS = {trust_states.DOUBTFUL: "DOUBTFUL", trust_states.OUT_OF_SCOPE: 
                   trust_states.NOT_READ: NOT_READ}
 RESULT_COLUMNS = ("file", "probability_pneumonia", "decision", "trust", "reason", "reason_code",
                   "threshold", "gradcam_in_lungs", "ood_warning", "lung_warning", "error", "notes",
-                  "quality", "corrected", "calibration", "bundled_probability", "older_score")
+                  "quality", "corrected", "calibration", "bundled_probability", "older_score",
+                  "members_pneumonia", "members_disagree")
 
 
 def decision_of(reading: Reading, threshold: float) -> str:
@@ -408,10 +417,13 @@ def result_row(reading: Reading, threshold: float, calibration: str = "") -> dic
     app's worklist alike: numbers stay numbers (None where they don't apply), text is text.
 
     ``calibration`` names the site calibration the probability went through ("": bundled).
+    ``members_pneumonia`` is an ensemble's vote at ``threshold`` ("2 of 5"; "" for one model),
+    ``members_disagree`` whether the members disagree (:mod:`pneumo.reading.vote`).
     """
     from pneumo.models.explain import METHODS
 
     verdict = reading.trust
+    members = reading.vote(threshold)
     return {
         "file": reading.name,
         "probability_pneumonia": reading.probability,
@@ -430,6 +442,8 @@ def result_row(reading: Reading, threshold: float, calibration: str = "") -> dic
         "calibration": calibration if reading.bundled_probability is not None else "",
         "bundled_probability": reading.bundled_probability,
         "older_score": reading.older_score,
+        "members_pneumonia": members.count if members is not None else "",
+        "members_disagree": members is not None and members.disagree,
     }
 
 
@@ -439,11 +453,12 @@ def worklist_rows(readings: list[Reading], threshold: float, calibration: str = 
 
     Each row also has ``probability`` (the text a person reads,
     :func:`pneumo.reading.wording.probability_text`), ``trust_label`` ("Doubtful"...),
-    ``flagged`` (not trusted), ``warning`` (every warning, joined) and ``index`` (the reading's
+    ``flagged`` (not trusted), ``warning`` (every warning and, when an ensemble's members
+    disagree, :func:`pneumo.reading.wording.disagreement_text`, joined) and ``index`` (the reading's
     position in ``readings``, so a screen can take its cards in the table's order and link a row
     to its card). Numbers are rounded for the table (probabilities 4 decimals, the threshold 3).
     """
-    from pneumo.reading.wording import probability_text
+    from pneumo.reading.wording import disagreement_text, probability_text
 
     first = {trust_states.DOUBTFUL: 0, trust_states.OUT_OF_SCOPE: 1, trust_states.NOT_READ: 2,
              trust_states.TRUSTED: 3}
@@ -453,9 +468,11 @@ def worklist_rows(readings: list[Reading], threshold: float, calibration: str = 
         for key in ("probability_pneumonia", "gradcam_in_lungs", "bundled_probability"):
             row[key] = None if row[key] is None else round(row[key], 4)
         row["threshold"] = round(threshold, 3)
+        disagreement = disagreement_text(r.vote(threshold))
         rows.append({"file": row.pop("file"), "probability": probability_text(r.probability),
                      **row, "trust_label": trust_states.LABELS[row["trust"]],
                      "flagged": row["trust"] != trust_states.TRUSTED,
-                     "warning": "; ".join(r.warnings), "index": index})
+                     "warning": "; ".join(r.warnings + ([disagreement] if disagreement else [])),
+                     "index": index})
     return sorted(rows, key=lambda row: (first[row["trust"]], -1 if row["probability_pneumonia"]
                                          is None else -row["probability_pneumonia"]))

@@ -669,5 +669,7 @@ def calibrate_reading(reading, calibration: SiteCalibration | None):
     probability."""
     if calibration is None or reading.probability is None or reading.bundled_probability is not None:
         return reading
+    members = reading.member_probabilities  # an ensemble's: the same map, so they vote on one scale
     return replace(reading, probability=calibration.apply(reading.probability),
-                   bundled_probability=reading.probability)
+                   bundled_probability=reading.probability,
+                   member_probabilities=None if members is None else calibration.apply(members))

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from pneumo import config
+from pneumo.reading.vote import Vote
 
 LOW, HIGH = config.PROBABILITY_SHOWN_RANGE
 # Bins for the evidence line: the two extremes as the probability text names them, deciles between.
@@ -159,3 +160,21 @@ def lung_caution(share: float) -> str | None:
     from pneumo.models.lungs import OUTSIDE_LUNGS_CAUTION
 
     return OUTSIDE_LUNGS_CAUTION if share < config.LUNG_CAUTION_SHARE else None
+
+
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def number_word(n: int) -> str:
+    """3 -> "three" (up to ten; digits beyond)."""
+    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+
+
+def disagreement_text(vote: Vote | None) -> str:
+    """"The five models disagree on this image: 2 of 5 say pneumonia." when an ensemble's members
+    disagree (:mod:`pneumo.reading.vote`), else ""."""
+    if vote is None or not vote.disagree:
+        return ""
+    verb = "says" if vote.pneumonia == 1 else "say"
+    return (f"The {number_word(vote.members)} models disagree on this image: {vote.count} "
+            f"{verb} pneumonia.")

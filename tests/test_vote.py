@@ -1,0 +1,86 @@
+"""An ensemble's members' vote (issue #25 step 3's declared rule): where it is decided, what the
+CSV and the worklist carry, what the card says; a single model changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumo.reading import reader, trust, wording
+from pneumo.reading.vote import Vote, vote
+
+
+def _reading(**kw) -> reader.Reading:
+    base = dict(name="x.png", digest="d", probability=0.6)
+    return reader.Reading(**{**base, **kw})
+
+
+@pytest.mark.parametrize(("probabilities", "threshold", "pneumonia", "disagree"), [
+    ([0.9, 0.8, 0.7, 0.2, 0.1], 0.5, 3, True),  # 3-2
+    ([0.9, 0.8, 0.3, 0.2, 0.1], 0.5, 2, True),  # 2-3
+    ([0.9, 0.8, 0.7, 0.6, 0.1], 0.5, 4, False),  # 4-1: one member alone is no disagreement
+    ([0.9, 0.8, 0.7, 0.6, 0.5], 0.5, 5, False),  # at the threshold counts as pneumonia
+    ([0.1, 0.2, 0.3, 0.4, 0.45], 0.5, 0, False),
+    ([0.9, 0.8, 0.7, 0.2, 0.1], 0.75, 2, True),  # the threshold in use decides
+    ([0.9, 0.8, 0.7, 0.2, 0.1], 0.95, 0, False),
+    ([0.9, 0.1, 0.2], 0.5, 1, False),  # three members: a 2-1 vote is no disagreement
+    ([0.9, 0.8, 0.2, 0.1], 0.5, 2, True),  # four: 2-2
+])
+def test_the_members_disagree_when_the_smaller_side_has_at_least_two(probabilities, threshold,
+                                                                      pneumonia, disagree):
+    got = vote(np.array(probabilities), threshold)
+    assert got == Vote(pneumonia, len(probabilities))
+    assert got.disagree is disagree
+
+
+def test_one_model_has_no_vote():
+    assert vote(None, 0.5) is None
+    assert _reading().vote(0.5) is None
+    assert _reading(error="bad file", probability=None,
+                    member_probabilities=np.array([0.9, 0.1])).vote(0.5) is None
+
+
+def test_the_csv_carries_the_vote_and_it_does_not_change_the_trust_state():
+    split = _reading(member_probabilities=np.array([0.9, 0.8, 0.7, 0.2, 0.1]))
+    agreed = _reading(member_probabilities=np.array([0.9, 0.8, 0.7, 0.6, 0.1]))
+    single = _reading()
+    rows = [reader.result_row(r, 0.5) for r in (split, agreed, single)]
+    assert [(r["members_pneumonia"], r["members_disagree"]) for r in rows] == [
+        ("3 of 5", True), ("4 of 5", False), ("", False)]
+    assert all(set(r) == set(reader.RESULT_COLUMNS) for r in rows)
+    assert split.trust.state == trust.TRUSTED and rows[0]["decision"] == "PNEUMONIA"
+
+
+def test_the_worklist_says_so_in_its_warnings():
+    split = _reading(member_probabilities=np.array([0.9, 0.8, 0.3, 0.2, 0.1]))
+    rows = reader.worklist_rows([split, _reading(name="y.png")], 0.5)
+    by_file = {row["file"]: row for row in rows}
+    assert by_file["x.png"]["warning"] == (
+        "The five models disagree on this image: 2 of 5 say pneumonia.")
+    assert by_file["y.png"]["warning"] == "" and by_file["y.png"]["members_pneumonia"] == ""
+    assert not any(row["flagged"] for row in rows)  # information, not a trust state
+
+
+def test_disagreement_wording():
+    assert wording.disagreement_text(Vote(2, 5)) == (
+        "The five models disagree on this image: 2 of 5 say pneumonia.")
+    assert wording.disagreement_text(Vote(3, 5)) == (
+        "The five models disagree on this image: 3 of 5 say pneumonia.")
+    assert wording.disagreement_text(Vote(2, 4)).startswith("The four models disagree")
+    assert wording.disagreement_text(Vote(4, 5)) == ""
+    assert wording.disagreement_text(None) == ""
+    assert wording.number_word(12) == "12"
+
+
+def test_a_site_calibration_moves_the_members_probabilities_with_the_ensembles():
+    from pneumo.reading.site import apply_calibration, calibrate_reading
+
+    class Calibration:
+        def apply(self, p):
+            return apply_calibration(p, 1.5, -2.0)
+
+    members = np.array([0.9, 0.8, 0.6, 0.2, 0.1])
+    got = calibrate_reading(_reading(member_probabilities=members), Calibration())
+    np.testing.assert_allclose(got.member_probabilities, apply_calibration(members, 1.5, -2.0))
+    assert got.bundled_probability == 0.6
+    assert calibrate_reading(_reading(), Calibration()).member_probabilities is None
