@@ -41,3 +41,31 @@ def test_each_seed_verdict_follows_from_its_figures(path):
     met = judge.conditions(record["validation_pneumonia"], rule)
     assert record["conditions"] == met and record["meets_rule"] == all(met.values())
     assert record["seed"] in rule["seeds"]
+
+
+def _ensemble_judge():
+    spec = importlib.util.spec_from_file_location("ensemble_judge", FOLDER / "ensemble_judge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ensemble_rule_can_reject():
+    judge = _ensemble_judge()
+    members = [{"val_log_loss": 0.10, "reencoding_abs_dp_p95_mean": 0.05, "flip_equivariance": 0.9},
+               {"val_log_loss": 0.12, "reencoding_abs_dp_p95_mean": 0.07, "flip_equivariance": 0.8}]
+    good = {"val_log_loss": 0.105, "reencoding_abs_dp_p95_mean": 0.055, "flip_equivariance": 0.86}
+    assert not any(judge.conditions(good, members).values())
+    assert judge.conditions({**good, "val_log_loss": 0.111}, members)["val_log_loss"]
+    assert judge.conditions({**good, "reencoding_abs_dp_p95_mean": 0.061},
+                            members)["reencoding_abs_dp_p95_mean"]
+    assert judge.conditions({**good, "flip_equivariance": 0.84}, members)["flip_equivariance"]
+
+
+@pytest.mark.skipif(not (FOLDER / "ensemble.json").exists(), reason="the ensemble is not judged yet")
+def test_the_ensemble_verdict_follows_from_its_figures():
+    judge = _ensemble_judge()
+    record = json.loads((FOLDER / "ensemble.json").read_text())
+    worse = judge.conditions(record["ensemble"], list(record["members"].values()))
+    assert record["ensemble_worse_than_members_mean"] == worse
+    assert record["rejected"] == any(worse.values())
