@@ -134,6 +134,27 @@ def test_signed_pixels_with_rescale():
     np.testing.assert_array_equal(out, _linear_window(RAMP, 2048, 1025))
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("rescale", [None, (1.0, 0.0)], ids=["no-rescale", "identity-rescale"])
+@pytest.mark.parametrize("max_pixels", [None, 20_000], ids=["full", "reduced"])
+def test_stored_integers_are_stretched_as_their_float_copy_to_the_bit(signed, rescale, max_pixels,
+                                                                      monkeypatch):
+    """Integers whose modality values are themselves skip the float64 copy (the PACS speed
+    target): the grey levels are the same to the bit, full size and reduced."""
+    from pneumo import config
+
+    pixels = gen.chest_like_16bit(bits=12, seed=3)
+    if signed:
+        pixels = (pixels.astype(np.int32) - 2048).astype(np.int16)
+    data = gen.dicom(pixels, signed=signed, rescale=rescale)
+    if max_pixels:
+        monkeypatch.setattr(config, "DECODE_MAX_PIXELS", max_pixels)
+    fast = decode_image(data).pixels
+    monkeypatch.setattr(pneumo_dicom, "_identity_modality", lambda attrs: False)
+    np.testing.assert_array_equal(fast, decode_image(data).pixels)
+    assert fast.shape[0] < pixels.shape[0] if max_pixels else fast.shape == pixels.shape
+
+
 def test_enhanced_multiframe_functional_groups_give_window_and_rescale():
     transform, voi, group = Dataset(), Dataset(), Dataset()
     transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, -1024, "US"

@@ -393,6 +393,10 @@ def _grey_levels(pixels: np.ndarray, ds, notes: list[str], factor: int = 1) -> n
         # 8-bit without any LUT: shown as stored, like an 8-bit PNG
         return np.array(pixels) if factor == 1 else map_row_blocks(
             height, width, factor, lambda rows: pixels[rows])
+    if pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2 and _identity_modality(attrs):
+        # the stored integers are the modality values: stretched through a lookup table, the
+        # same to the bit as their float64 copy (every such integer is exact in float64)
+        return _stretched(height, width, factor, lambda rows: pixels[rows])
     return _stretched(height, width, factor, lambda rows: modality(pixels[rows]))
 
 
@@ -451,6 +455,14 @@ def _modality_function(attrs: dict, little: bool):
         return values
 
     return rescale
+
+
+def _identity_modality(attrs: dict) -> bool:
+    """True when :func:`_modality_function` would return the stored values unchanged."""
+    if attrs.get("ModalityLUTSequence"):
+        return False
+    slope = _number(attrs.get("RescaleSlope"), 1.0)
+    return slope in (0.0, 1.0) and _number(attrs.get("RescaleIntercept"), 0.0) == 0.0
 
 
 def _number(value, default: float | None) -> float | None:
