@@ -148,6 +148,9 @@ def _reading_body(r: reader.Reading, key: str, label: str, muted: bool) -> None:
             st.caption(line)
         st.markdown(ui.decision_badge(label, threshold, muted), unsafe_allow_html=True)
         st.markdown(ui.distance_bar(r.probability, threshold, muted), unsafe_allow_html=True)
+        disagreement = wording.disagreement_text(r.vote(threshold))  # an ensemble's models
+        if disagreement:
+            st.warning(disagreement, icon=":material/how_to_vote:")
         if not out_of_scope:  # the reason is above the card; other findings would mislead
             for code, message in r.quality.findings if r.quality is not None else []:
                 st.warning(message, icon=":material/photo_size_select_small:"

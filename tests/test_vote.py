@@ -84,3 +84,61 @@ def test_a_site_calibration_moves_the_members_probabilities_with_the_ensembles()
     np.testing.assert_allclose(got.member_probabilities, apply_calibration(members, 1.5, -2.0))
     assert got.bundled_probability == 0.6
     assert calibrate_reading(_reading(), Calibration()).member_probabilities is None
+
+
+def test_the_worklist_table_has_a_models_column_only_for_an_ensemble():
+    from pneumo.app import ui
+
+    split = _reading(member_probabilities=np.array([0.9, 0.8, 0.3, 0.2, 0.1]))
+    agreed = _reading(name="y.png", member_probabilities=np.array([0.9, 0.8, 0.7, 0.6, 0.55]))
+    rows = reader.worklist_rows([split, agreed], 0.5)
+    table, columns = ui.worklist_table(rows, [split, agreed])
+    assert list(columns)[:5] == ["file", "probability", "decision", "trust", "members"]
+    assert table.data.set_index("file")["members"].to_dict() == {
+        "x.png": "2 of 5 \u2014 disagree", "y.png": "5 of 5"}
+    single = [_reading()]
+    table, columns = ui.worklist_table(reader.worklist_rows(single, 0.5), single)
+    assert "members" not in columns and "members" not in table.data
+
+
+class _EnsembleStandIn:
+    """An explainer-like stand-in for a five-model ensemble: probability 0.6, members 2-3."""
+
+    runtime = "stand-in"
+    members = np.array([0.9, 0.8, 0.3, 0.2, 0.1])
+
+    def explain(self, images):
+        from pneumo.models.explain import METHODS, Explanation
+
+        cam = np.linspace(0, 1, 49, dtype="float32").reshape(7, 7)
+        return [Explanation(0.6, {m: cam for m in METHODS}, np.zeros(1280, "float32"),
+                            self.members) for _ in np.asarray(images)]
+
+
+def test_the_card_and_the_worklist_say_when_the_models_disagree(monkeypatch):
+    from conftest import png_bytes, run_app, synthetic_xray
+
+    from pneumo.app import ui
+    from pneumo.models.quality import QualityChecker
+
+    stand_in = _EnsembleStandIn()
+    monkeypatch.setattr(ui, "explainer", lambda: stand_in)
+    monkeypatch.setattr(ui, "segmenter", lambda: None)
+    monkeypatch.setattr(ui, "scope_check", lambda: None)
+    monkeypatch.setattr(ui, "ood_detector", lambda: None)
+    monkeypatch.setattr(ui, "quality_checker", lambda: QualityChecker())
+    at = run_app()
+    at.switch_page("pages/read_xrays.py").run()
+    at.session_state["threshold"] = 0.5
+    at.file_uploader[0].set_value([(f"f{i}.png", png_bytes(synthetic_xray(280, 60 + i)), "image/png")
+                                   for i in range(2)]).run()
+    assert not at.exception, at.exception
+    said = [w.value for w in at.warning if "disagree" in w.value]
+    assert said == ["The five models disagree on this image: 2 of 5 say pneumonia."] * 2
+    table = at.dataframe[0].value
+    assert list(table["members"]) == ["2 of 5 \u2014 disagree"] * 2
+    assert list(table["trust"]) == ["Trusted"] * 2  # it does not change the trust state
+    at.session_state["threshold"] = 0.85  # 1 of 5 at this threshold: no disagreement
+    at.run()
+    assert not [w for w in at.warning if "disagree" in w.value]
+    assert list(at.dataframe[0].value["members"]) == ["1 of 5"] * 2

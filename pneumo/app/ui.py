@@ -972,13 +972,18 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
     import pandas as pd
 
     chosen = [row for row in rows if row["flagged"]] if flagged_only else rows
+    order = ["file", "probability", "decision", "trust", "reason", "threshold", "corrected",
+             "warning"]
+    if any(row.get("members_pneumonia") for row in rows):  # an ensemble: its models' vote
+        order.insert(4, "members")
     frame = pd.DataFrame([{
         "file": row["file"],  # an out-of-scope film's reading is withheld here as on its card
         "probability": None if row["trust"] == trust_states.OUT_OF_SCOPE else row["probability_pneumonia"],
         "decision": row["decision"], "trust": row["trust_label"], "reason": row["reason"],
         "threshold": row["threshold"], "corrected": row["corrected"], "warning": row["warning"],
-    } for row in chosen], columns=["file", "probability", "decision", "trust", "reason",
-                                   "threshold", "corrected", "warning"])
+        "members": row.get("members_pneumonia", "") + (" \u2014 disagree" if row.get("members_disagree")
+                                                       else ""),
+    } for row in chosen], columns=order)
     trusted = trust_states.LABELS[trust_states.TRUSTED]
 
     def tint(row) -> list[str]:
@@ -995,13 +1000,16 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
         "decision": col.TextColumn(
             "Decision", help="PNEUMONIA or NORMAL only for a trusted reading."),
         "trust": col.TextColumn("Trust"),
+        "members": col.TextColumn(
+            "Models: pneumonia", help="How many of the ensemble's models say pneumonia at this "
+                                      "threshold; 'disagree' when at least two are on each side."),
         "reason": col.TextColumn("Why flagged", width="large",
                                  help="In full in the list under the table and on the card."),
         "threshold": col.NumberColumn("Threshold"),
         "corrected": col.TextColumn("Corrected by pneumo"),
         "warning": col.TextColumn("All warnings and notes", width="large"),
     }
-    return styler, columns
+    return styler, {k: v for k, v in columns.items() if k in order}
 
 
 def worklist_height(n_rows: int, most: int = 15) -> int:
