@@ -97,6 +97,7 @@ DEFAULT_THRESHOLD = 0.5
 MAX_UPLOAD_MB = 50
 PACS_MAX_IMAGES = 40  # the From PACS page retrieves and holds at most this many images at once
 PACS_MAX_STUDIES = 100  # studies a From PACS search lists at most (newest first)
+PACS_RETRIEVE_WORKERS = 2  # instances retrieved from the PACS at once (connections)
 MAX_IMAGE_PIXELS = 80_000_000  # a larger decoded image is refused as a likely decompression bomb
 MIN_IMAGE_SIDE = 64  # pixels
 MAX_ASPECT_RATIO = 4.0

@@ -107,6 +107,23 @@ def test_an_out_of_scope_sr_says_why_and_carries_no_decision(tmp_path):
     assert dciodvfy_errors(sr, tmp_path) == []
 
 
+def test_the_one_part_of_an_instance_answer_is_taken_as_sent():
+    part = b"\x00" * 128 + b"DICM" + b"--not-the-boundary\r\n\r\n" + bytes(range(256)) * 4
+    head = b'--b0undary\r\nContent-Type: application/dicom\r\n'
+    tail = b"\r\n--b0undary--\r\n"
+    kind = 'multipart/related; type="application/dicom"; boundary="b0undary"'
+    with_length = head + f"Content-Length: {len(part)}\r\n\r\n".encode() + part + tail
+    assert pacs.single_part(with_length, kind) == part
+    assert pacs.single_part(head + b"\r\n" + part + tail, kind) == part  # no Content-Length
+    assert pacs.single_part(part, "application/dicom") == part  # a server that sends it bare
+    with pytest.raises(ValueError):
+        pacs.single_part(head + b"\r\n" + part + b"\r\n--b0undary\r\n\r\nmore" + tail, kind)
+    with pytest.raises(ValueError):
+        pacs.single_part(b"{}", "application/json")
+    with pytest.raises(ValueError):  # cut short
+        pacs.single_part(head + f"Content-Length: {len(part)}\r\n\r\n".encode() + part[:99], kind)
+
+
 # -- Orthanc ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -182,6 +199,31 @@ def test_retrieved_images_read_exactly_as_the_files(loaded, orthanc, models, dir
     for uid, reading in retrieved.items():
         assert reading.ok and abs(reading.probability - direct[uid].probability) <= 1e-6
         assert reading.trust == direct[uid].trust
+
+
+def test_many_instances_are_retrieved_at_once_in_order_and_a_missing_one_is_its_error(
+        loaded, orthanc, models, direct):
+    from pneumo.reading.pacs_reading import read_instances
+
+    client = orthanc.client()
+    refs = [r for k in "ABC" for r in client.frontal_images(loaded["studies"][k])]
+    gone = pacs.InstanceRef(refs[0].study_instance_uid, refs[0].series_instance_uid,
+                            "1.2.826.0.1.3680043.8.498.999999")
+    wanted = refs[:2] + [gone] + refs[2:]
+    got = list(client.retrieve_all(wanted, workers=3))
+    assert isinstance(got[2], pacs.PacsRefused) and "HTTP 404" in str(got[2])
+    assert [g for i, g in enumerate(got) if i != 2] == [
+        loaded["frontal"][r.sop_instance_uid] for r in refs]  # the files as stored
+    chunks = list(read_instances(client, wanted, batch_size=2, **models))
+    assert [len(c) for c in chunks] == [2, 2, 1]
+    read = [p for c in chunks for p in c]
+    assert [p.ref for p in read] == wanted
+    assert read[2].header is None and read[2].reading.error == str(got[2])
+    for p in read[:2] + read[3:]:
+        assert str(p.header.SOPInstanceUID) == p.ref.sop_instance_uid and "PixelData" not in p.header
+        expected = direct[p.ref.sop_instance_uid]
+        assert abs(p.reading.probability - expected.probability) <= 1e-6
+        assert p.reading.trust == expected.trust
 
 
 def _run_cli(orthanc, tmp_path: Path, *args: str) -> tuple[int, list[dict], str]:

@@ -254,23 +254,25 @@ def read_studies(settings: pacs.PacsSettings, rows: list[StudyRow]) -> None:
     client = pacs.PacsClient(settings)
     items: list[tuple[ui.PacsImage, bytes]] = []
     errors: list[str] = []
-    with st.spinner(f"Retrieving {wording.plural(sum(len(r.images) for r in rows), 'image')} "
-                    "from the PACS..."):
-        for row in rows:
-            if not _record(audit.PACS_RETRIEVE,
-                           {"study_instance_uid": row.study.study_instance_uid}):
-                return
-            try:
-                for number, ref in enumerate(row.images, start=1):
-                    data = client.retrieve(ref)
-                    items.append((ui.PacsImage(image_label(row.study, number), ref,
-                                               pacs.header_of(data)), data))
-            except pacs.PacsRefused as err:  # this study; the next may be fine
-                errors.append(f"{patient_of(row.study)} on {shown_date(row.study.study_date)}: "
-                              f"{err}")
-            except pacs.PacsError as err:  # the server: the next study would fail the same way
-                errors.append(str(err))
+    for row in rows:
+        if not _record(audit.PACS_RETRIEVE, {"study_instance_uid": row.study.study_instance_uid}):
+            return
+    wanted = [(row, number, ref) for row in rows
+              for number, ref in enumerate(row.images, start=1)]
+    with st.spinner(f"Retrieving {wording.plural(len(wanted), 'image')} from the PACS..."):
+        refused: set[str] = set()  # studies with an image the PACS refused: said once each
+        for (row, number, ref), data in zip(wanted, client.retrieve_all([w[2] for w in wanted])):
+            if isinstance(data, pacs.PacsRefused):  # this image; the next may be fine
+                if row.study.study_instance_uid not in refused:
+                    refused.add(row.study.study_instance_uid)
+                    errors.append(f"{patient_of(row.study)} on "
+                                  f"{shown_date(row.study.study_date)}: {data}")
+            elif isinstance(data, pacs.PacsError):  # the server: the rest would fail the same way
+                errors.append(str(data))
                 break
+            else:
+                items.append((ui.PacsImage(image_label(row.study, number), ref,
+                                           pacs.header_of(data)), data))
     studies = len({image.ref.study_instance_uid for image, _ in items})
     readings = ui.add_pacs_readings(items, ui.segmenter(), ui.quality_checker()) if items else []
     del items

@@ -7,8 +7,9 @@ image and, for a trusted reading at or above the threshold, a Secondary Capture 
 map, :mod:`pneumo.reading.dicom_results`), ``--batch-size N``.
 
 Every frontal chest image (CR or DX, PA or AP) of the matching studies is retrieved in memory
-and read exactly as an uploaded file (:func:`pneumo.reading.reader.read_batch`, with the same
-checks as ``python -m pneumo.predict``). The threshold is the department's: the site
+and read exactly as an uploaded file, with the same checks as ``python -m pneumo.predict``
+(:func:`pneumo.reading.pacs_reading.read_instances`: retrieval, decoding and the models overlap;
+a file's bytes are dropped once decoded). The threshold is the department's: the site
 calibration's recommended one when a site file exists, else the recommended threshold beside
 the model; there is no per-run threshold. The CSV has ``python -m pneumo.predict``'s columns,
 identified by ``study_instance_uid`` and ``sop_instance_uid`` instead of a file name, and ``sent``
@@ -68,7 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "threshold")
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
     parser.add_argument("--batch-size", type=_positive_int, default=16,
-                        help="images retrieved and held in memory at a time (default 16)")
+                        help="images read in one batch of the models (default 16); the next "
+                             "batch is retrieved meanwhile, a few files at a time")
     args = parser.parse_args(argv)
     if args.since is None and not (args.patient_id or args.accession):
         parser.error("give --since (or --patient-id or --accession): pneumo does not read a "
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pneumo.models import ood
     from pneumo.models.runtime import load_explainer
-    from pneumo.reading.reader import read_batch
+    from pneumo.reading.pacs_reading import read_instances
 
     try:
         explainer = load_explainer()
@@ -162,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scope_check = loaders.load_scope_check()
     sender = Sender(client, threshold, calibration_name,
                     record=lambda new: trail.record(audit.PACS_SEND, new=new)) if args.send else None
-    retrieved: set[str] = set()
+    for study in dict.fromkeys(ref.study_instance_uid for ref in images):  # one record each,
+        trail.record(audit.PACS_RETRIEVE, new={"study_instance_uid": study})  # before retrieval
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
@@ -170,39 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     with args.out.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        for start in range(0, len(images), args.batch_size):
-            chunk = images[start:start + args.batch_size]
-            files, headers, failed = [], {}, {}
-            for ref in chunk:
-                name = ref.sop_instance_uid
-                if ref.study_instance_uid not in retrieved:  # one record per study opened
-                    retrieved.add(ref.study_instance_uid)
-                    trail.record(audit.PACS_RETRIEVE,
-                                 new={"study_instance_uid": ref.study_instance_uid})
-                try:
-                    data = client.retrieve(ref)
-                    headers[name] = pacs.header_of(data)
-                    files.append((name, data))
-                except pacs.PacsError as err:
-                    failed[name] = Reading(name=name, digest="", error=str(err))
-            readings = {r.name: r for r in read_batch(files, explainer, ood_check=detector,
-                                                      batch_size=args.batch_size,
-                                                      segmenter=segmenter, quality_checker=checker,
-                                                      scope_check=scope_check)}
-            del files
-            readings.update(failed)
-            shown = {ref.sop_instance_uid: site.calibrate_reading(readings[ref.sop_instance_uid],
-                                                                  calibration) for ref in chunk}
-            trail.readings(list(shown.values()), threshold)
-            for ref in chunk:
-                reading = shown[ref.sop_instance_uid]
+        for chunk in read_instances(client, images, explainer, batch_size=args.batch_size,
+                                    ood_check=detector, segmenter=segmenter,
+                                    quality_checker=checker, scope_check=scope_check):
+            shown = [site.calibrate_reading(item.reading, calibration) for item in chunk]
+            trail.readings(shown, threshold)
+            for item, reading in zip(chunk, shown):
                 sent = ""
-                if sender is not None and reading.ok:
+                if sender is not None and reading.ok and item.header is not None:
                     try:
-                        sent = sender.send(headers[ref.sop_instance_uid], reading)
+                        sent = sender.send(item.header, reading)
                     except pacs.PacsError as err:
                         sent, failures = f"not sent: {err}", failures + 1
-                rows.append(row(reading, ref, threshold, calibration_name, sent))
+                rows.append(row(reading, item.ref, threshold, calibration_name, sent))
                 writer.writerow(rows[-1])
             f.flush()
     line = row_format.summary(rows, threshold, args.out).replace(" files:", " images:", 1)

@@ -13,8 +13,11 @@ Off by default: nothing is contacted unless a server is configured, by the envir
 The environment wins over the file, a ``url`` argument over both. Every call has a timeout and
 no retries; every failure becomes a :class:`PacsError` whose text is one sentence a person reads
 (server down, wrong credentials, timeout, a study without images). Retrieved instances are kept
-in memory only, serialised as a DICOM file (128-byte preamble and "DICM") so that pneumo reads
-them exactly as an uploaded file. Nothing pulled is written to disk or to a log: the DICOMweb
+in memory only, as the bytes of the DICOM file the server sent (WADO-RS, no transcoding): pneumo
+reads them exactly as an uploaded file; an instance stored without its 128-byte preamble and
+"DICM" is parsed and written as a file. :meth:`PacsClient.retrieve_all` retrieves several
+instances at once (``config.PACS_RETRIEVE_WORKERS`` connections). Nothing pulled is written to
+disk or to a log: the DICOMweb
 client's and urllib3's own loggers (which would log query URLs with a patient id) are held at
 WARNING.
 """
@@ -25,7 +28,8 @@ import io
 import logging
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -43,6 +47,8 @@ MODALITIES = ("CR", "DX")  # computed and digital radiography
 FRONTAL_VIEWS = ("PA", "AP")
 BODY_PART = "CHEST"
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # the instance as stored, not transcoded
+RETRIEVE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+READ_CHUNK = 1 << 20  # bytes read from the socket at a time when retrieving an instance
 MAX_RESULTS = 10_000  # a search finding more is refused: narrow it
 
 _QUIET_LOGGERS = ("dicomweb_client", "urllib3")
@@ -239,6 +245,36 @@ def header_of(data: bytes):
     return dcmread(io.BytesIO(data), stop_before_pixels=True)
 
 
+def single_part(body: bytes, content_type: str) -> bytes:
+    """The one part of a WADO-RS instance answer (``multipart/related``; a server that sends the
+    part bare, as ``application/dicom``, gives it as it is). Raises ValueError for anything else."""
+    media_type, *params = [p.strip() for p in content_type.split(";")]
+    if media_type.lower() == "application/dicom":
+        return body
+    if media_type.lower() != "multipart/related":
+        raise ValueError(f"unexpected media type {media_type!r}")
+    boundary = next((v.strip().strip('"') for k, _, v in (p.partition("=") for p in params)
+                     if k.strip().lower() == "boundary"), "")
+    if not boundary:
+        return body
+    marker = b"--" + boundary.encode("ascii")
+    first = body.find(marker)
+    head_end = body.find(b"\r\n\r\n", first)
+    if first < 0 or head_end < 0:
+        raise ValueError("no part in the answer")
+    start = head_end + 4
+    length = next((line.split(b":", 1)[1].strip() for line in
+                   body[first + len(marker):head_end].split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), b"")
+    end = start + int(length) if length.isdigit() else body.find(b"\r\n" + marker, start)
+    if end < start or end > len(body) or body.find(b"\r\n" + marker, end) != end:
+        raise ValueError("the part does not end at the boundary")
+    if not body.startswith(b"--\r\n", end + 2 + len(marker)) and not body.startswith(
+            b"--", end + 2 + len(marker)):
+        raise ValueError("more than one part in an instance's answer")
+    return body[start:end]
+
+
 def quiet_http_logs() -> None:
     """Hold the HTTP libraries' loggers at WARNING: at DEBUG they log query URLs (with a patient
     id or accession number) and request headers (with credentials)."""
@@ -264,6 +300,7 @@ class PacsClient:
             headers["Authorization"] = f"Bearer {settings.token}"
         elif settings.username:
             session.auth = (settings.username, settings.password)
+        self._session, self._headers = session, headers
         self._client = DICOMwebClient(settings.url, session=session, headers=headers or None,
                                       timeout=(settings.timeout, settings.timeout))
         self._client.set_http_retry_params(retry=False)
@@ -389,10 +426,68 @@ class PacsClient:
                           ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid,
                           media_types=ANY_TRANSFER_SYNTAX)
 
+    def _instance_bytes(self, ref: InstanceRef) -> bytes:
+        """WADO-RS Retrieve Instance, the part as sent (dicomweb-client's ``retrieve_instance``
+        parses the whole instance with pydicom: a reader wants the file's bytes)."""
+        import requests
+        from urllib3.exceptions import ReadTimeoutError
+
+        url = (f"{self.settings.url}/studies/{ref.study_instance_uid}/series/"
+               f"{ref.series_instance_uid}/instances/{ref.sop_instance_uid}")
+        with self._session.get(url, headers={**self._headers, "Accept": RETRIEVE_ACCEPT},
+                               timeout=(self.settings.timeout, self.settings.timeout),
+                               stream=True) as response:
+            response.raise_for_status()
+            try:
+                body = b"".join(response.iter_content(READ_CHUNK))
+            except requests.ConnectionError as err:  # requests reports a read timeout so here
+                if isinstance(err.args[0] if err.args else None, ReadTimeoutError):
+                    raise requests.Timeout(str(err)) from None
+                raise
+            return single_part(body, response.headers.get("Content-Type", ""))
+
     def retrieve(self, ref: InstanceRef) -> bytes:
-        """The instance as the bytes of a DICOM file, in memory: read it like an upload."""
-        dataset = self.retrieve_dataset(ref)
-        return self._call("reading a retrieved image", as_file_bytes, dataset)
+        """The instance as the bytes of a DICOM file, in memory: read it like an upload. The
+        file as the server sent it; one stored without its preamble and "DICM" is parsed and
+        written as a file."""
+        data = self._call("retrieving an image", self._instance_bytes, ref)
+        if data[128:132] == b"DICM":
+            return data
+
+        def as_file(data: bytes) -> bytes:
+            from pydicom import dcmread
+
+            return as_file_bytes(dcmread(io.BytesIO(data), force=True))
+
+        return self._call("reading a retrieved image", as_file, data)
+
+    def retrieve_all(self, refs: Sequence[InstanceRef], workers: int | None = None,
+                     then: Callable[[InstanceRef, bytes], object] | None = None,
+                     ahead: int | None = None) -> Iterator[object]:
+        """:meth:`retrieve` each instance, ``workers`` at once (default
+        ``config.PACS_RETRIEVE_WORKERS``), yielded in the order of ``refs``: each item is the
+        file's bytes, or ``then(ref, data)`` run on the retrieving thread (the bytes are dropped
+        when it returns), or the :class:`PacsError` of that instance (yielded, never raised).
+        At most ``workers`` files are being retrieved or handled at once; at most ``ahead``
+        (default ``2 * workers``) items are started before the caller takes them."""
+        refs = list(refs)
+        workers = max(1, min(workers or config.PACS_RETRIEVE_WORKERS, len(refs) or 1))
+        ahead = max(ahead or 2 * workers, 1)
+
+        def one(ref: InstanceRef):
+            try:
+                data = self.retrieve(ref)
+                return data if then is None else then(ref, data)
+            except PacsError as err:
+                return err
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-pacs") as pool:
+            futures = [pool.submit(one, ref) for ref in refs[:ahead]]
+            for i in range(len(refs)):
+                if i + ahead < len(refs):
+                    futures.append(pool.submit(one, refs[i + ahead]))
+                yield futures[i].result()
+                futures[i] = None
 
     def store(self, datasets: Sequence, study_instance_uid: str | None = None) -> None:
         """Store the data sets (STOW-RS), each written as a DICOM file; raises
