@@ -97,6 +97,27 @@ def _texts(at) -> str:
                      for e in getattr(at, kind))
 
 
+def test_two_studies_of_a_patient_on_one_day_get_different_names():
+    """Two same-day studies of one patient were both "patient · date · image 1" on their cards
+    and worklist rows; the accession number (else the study time and the end of the study's UID)
+    tells them apart."""
+    day = {"study_date": "20261210", "patient_name": PATIENT_NAME, "patient_id": "PID-X"}
+    first = pacs.Study("1.2.826.0.1.3680043.8.498.101", accession_number="ACC-1",
+                       study_time="101500", **day)
+    second = pacs.Study("1.2.826.0.1.3680043.8.498.202", accession_number="ACC-2",
+                        study_time="101500", **day)
+    no_accession = [pacs.Study(f"1.2.826.0.1.3680043.8.498.30{i}", study_time="141000.25", **day)
+                    for i in (1, 2)]
+    untimed = pacs.Study("1.2.826.0.1.3680043.8.498.404", **day)
+    studies = [first, second, *no_accession, untimed]
+    labels = [pacs_ui.image_label(s, n) for s in studies for n in (1, 2)]
+    assert len(set(labels)) == len(labels)
+    assert pacs_ui.image_label(first, 1) == f"{PATIENT_NAME} \u00b7 2026-12-10 \u00b7 ACC-1 \u00b7 image 1"
+    assert pacs_ui.image_label(no_accession[0], 2) == (
+        f"{PATIENT_NAME} \u00b7 2026-12-10 \u00b7 14:10 study \u2026.498.301 \u00b7 image 2")
+    assert pacs_ui.image_label(untimed, 1).endswith("\u00b7 study \u2026.498.404 \u00b7 image 1")
+
+
 # --- without a PACS server -------------------------------------------------------------------
 
 def test_without_a_pacs_there_is_no_page(listed, nothing_contacted):
@@ -227,7 +248,7 @@ def test_search_read_a_study_and_send_its_results(orthanc, loaded, bundled_model
     assert not at.error, [e.value for e in at.error]
     assert "Read 2 images from 1 study" in _texts(at)
 
-    labels = [f"{PATIENT_NAME} \u00b7 2026-12-10 \u00b7 image {n}" for n in (1, 2)]
+    labels = [f"{PATIENT_NAME} \u00b7 2026-12-10 \u00b7 ACC-B \u00b7 image {n}" for n in (1, 2)]
     files = {uid: loaded["frontal"][uid] for uid in loaded["by_study"]["B"]}
     direct = {uid: _direct(data) for uid, data in files.items()}
     read = at.session_state[ui.READINGS_KEY]

@@ -86,7 +86,7 @@ def test_a_reader_reads_a_study_from_orthanc_and_sends_its_results(app, orthanc)
     loaded = app["loaded"]
     (uid,) = loaded["by_study"]["A"]
     expected = _direct(loaded["frontal"][uid])
-    label = f"{PATIENT_NAME} \u00b7 2026-12-03 \u00b7 image 1"
+    label = f"{PATIENT_NAME} \u00b7 2026-12-03 \u00b7 ACC-A \u00b7 image 1"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:

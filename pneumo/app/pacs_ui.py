@@ -82,9 +82,26 @@ def patient_of(study: pacs.Study) -> str:
     return study.patient_name or study.patient_id or "(no name)"
 
 
+def shown_time(value: str) -> str:
+    """A DICOM time (HHMMSS[.frac]) as HH:MM, else as it is."""
+    digits = value.split(".")[0]
+    return f"{digits[:2]}:{digits[2:4]}" if len(digits) >= 4 and digits.isdigit() else value
+
+
+def study_mark(study: pacs.Study) -> str:
+    """What tells a patient's studies of one day apart: the accession number, else the study
+    time (if any) and the end of the Study Instance UID."""
+    if study.accession_number:
+        return study.accession_number
+    when = f"{shown_time(study.study_time)} " if study.study_time else ""
+    return f"{when}study \u2026{study.study_instance_uid[-8:]}"
+
+
 def image_label(study: pacs.Study, number: int) -> str:
-    """A PACS image's name on its card and worklist row: patient, study date, image number."""
-    return f"{patient_of(study)} \u00b7 {shown_date(study.study_date)} \u00b7 image {number}"
+    """A PACS image's name on its card and worklist row, one per image: patient, study date,
+    accession number (:func:`study_mark`), image number."""
+    return (f"{patient_of(study)} \u00b7 {shown_date(study.study_date)} \u00b7 {study_mark(study)}"
+            f" \u00b7 image {number}")
 
 
 def study_label(row: StudyRow) -> str:
@@ -131,7 +148,7 @@ def page() -> None:
         f"images (PA or AP). At most **{config.PACS_MAX_IMAGES} images** are retrieved and held "
         "in memory at once: choose fewer studies if a selection holds more. Images are read in "
         "memory, never written to disk; their readings join the cards and worklist of Read "
-        f"X-rays, named by patient and study date. Every PACS call gives up after "
+        f"X-rays, named by patient, study date and accession number. Every PACS call gives up after "
         f"{settings.timeout:g} s. Searches, studies opened, readings and results sent are "
         "recorded in the audit trail under your name.")
     search_section(settings)
@@ -282,8 +299,8 @@ def read_studies(settings: pacs.PacsSettings, rows: list[StudyRow]) -> None:
         lines.append(f"Read {wording.plural(len(readings), 'image')} from "
                      f"{wording.plural(studies, 'study', 'studies')}"
                      + (f" ({unread} could not be read)" if unread else "")
-                     + ": their cards and worklist rows are on Read X-rays, named by patient "
-                       "and study date.")
+                     + ": their cards and worklist rows are on Read X-rays, named by patient, "
+                       "study date and accession number.")
     st.session_state[READ_KEY] = {"lines": lines, "errors": errors}
 
 

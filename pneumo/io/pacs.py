@@ -168,6 +168,7 @@ class Study:
     study_instance_uid: str
     study_date: str = ""
     modalities: tuple[str, ...] = ()
+    study_time: str = ""  # HHMMSS[.frac], as the server gives it
     n_instances: int | None = None
     accession_number: str = field(default="", repr=False)
     patient_id: str = field(default="", repr=False)
@@ -385,7 +386,7 @@ class PacsClient:
                 count = _value(item, "00201208")
                 found[uid] = (_value(item, "00080030"), Study(
                     study_instance_uid=uid, study_date=_value(item, "00080020"),
-                    modalities=_values(item, "00080061"),
+                    modalities=_values(item, "00080061"), study_time=_value(item, "00080030"),
                     n_instances=int(count) if count.isdigit() else None,
                     accession_number=_value(item, "00080050"), patient_id=_value(item, "00100020"),
                     patient_name=_value(item, "00100010"),
