@@ -16,6 +16,12 @@
    and stored in the model's last layer.
 
 Writes ``pneumo.keras``, ``history.csv`` and ``training.json`` to ``--out``.
+
+Issue #25's ensemble: ``--members K`` trains K members of the recipe (the declared seeds,
+failed members replaced by spares) into ``OUT/members/seed_S/`` and joins them;
+``--ensemble-of DIR ...`` joins members trained already. The joined model
+(:mod:`pneumo.models.ensemble`) gets its own Platt calibration by :func:`fit_calibration`, and its
+``training.json`` lists the members.
 """
 
 from __future__ import annotations
@@ -307,13 +313,18 @@ def fit_head(model: keras.Model, x_train, y_train, x_val, y_val, epochs: int, ba
     return baseline
 
 
+def arrays_key(splits: dict, lungs_path: Path) -> str:
+    """What the decoded-image cache was made from: the train and validation files, the segmenter."""
+    return fingerprint(splits["train"] + splits["val"])[:16] + "-" + \
+        hashlib.sha256(Path(lungs_path).read_bytes()).hexdigest()[:16]
+
+
 def cached_arrays(out: Path, splits: dict, lungs_path: Path) -> dict[str, np.ndarray]:
     """Decoded train/val images, labels and segmenter lung masks, cached in checkpoints/."""
     from pneumo.models.lungs import LungSegmenter
 
     cache = out / "checkpoints" / "arrays.npz"
-    key = fingerprint(splits["train"] + splits["val"])[:16] + "-" + \
-        hashlib.sha256(Path(lungs_path).read_bytes()).hexdigest()[:16]
+    key = arrays_key(splits, lungs_path)
     if cache.exists():
         with np.load(cache) as f:
             if str(f["key"]) == key:
@@ -351,7 +362,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.limit:
         splits = {k: _limit(v, args.limit) for k, v in splits.items()}
     print({k: class_counts(v) for k, v in splits.items()})
-    a = cached_arrays(out, splits, args.lungs)
+    a = cached_arrays(getattr(args, "arrays_dir", None) or out, splits, args.lungs)
     x_train, y_train, m_train = a["x_train"], a["y_train"], a["m_train"]
     x_val, y_val, m_val = a["x_val"], a["y_val"], a["m_val"]
     if args.consistency > 0 and args.stability > 0:
@@ -503,6 +514,179 @@ def recalibrate(args: argparse.Namespace) -> dict:
     return calibration
 
 
+# --- issue #25's ensemble: members trained and joined as one model ------------------------------
+
+def member_folder(out: Path, seed: int) -> Path:
+    """Where ``--members`` trains the member of seed ``seed``: OUT/members/seed_S/."""
+    return out / config.ENSEMBLE_MEMBERS_DIR / f"seed_{seed}"
+
+
+def member_finished(folder: Path) -> bool:
+    """A member folder with its model and record, whose fine-tuning ran all its epochs or
+    stopped early (a member the time budget cut short resumes)."""
+    if model_problem(folder / config.MODEL_FILE) or not (folder / config.TRAINING_FILE).exists():
+        return False
+    record = artifacts.read_training_dict(folder)
+    done, best = record.get("finetune_epochs_run") or 0, record.get("best_epoch") or 0
+    return (done >= record["config"]["max_finetune_epochs"]
+            or done - best >= record["config"].get("early_stopping_patience",
+                                                   config.EARLY_STOPPING_PATIENCE))
+
+
+def member_summary(folder: Path) -> dict:
+    """What the ensemble's record keeps of a trained member folder (its ``training.json``)."""
+    record = artifacts.read_training_dict(folder)
+    if not record or model_problem(folder / config.MODEL_FILE):
+        raise SystemExit(f"{folder} is not a trained member: it needs {config.MODEL_FILE} and "
+                         f"{config.TRAINING_FILE}.")
+    return {"seed": record["config"].get("seed"), "folder": str(folder),
+            "val_log_loss": float(record["calibration"]["val_log_loss_original_images"]),
+            "best_epoch": record.get("best_epoch"),
+            "calibration": {k: record["calibration"][k] for k in ("scale", "bias")},
+            "data_fingerprint": record.get("data_fingerprint")}
+
+
+def failed_members(summaries: list[dict]) -> list[str | None]:
+    """The declared failed-member rule (validation only), per member: why it failed, or None.
+
+    Failed: its fine-tuning checkpoint is epoch ``config.ENSEMBLE_FAILED_BEST_EPOCH``, or its
+    calibrated validation log loss is over ``config.ENSEMBLE_FAILED_LOSS_RATIO`` x the median
+    of these members' (docs/heatmaps_and_ensemble.md, "Step 1: the ensemble").
+    """
+    median = float(np.median([s["val_log_loss"] for s in summaries]))
+    reasons: list[str | None] = []
+    for s in summaries:
+        if s["best_epoch"] == config.ENSEMBLE_FAILED_BEST_EPOCH:
+            reasons.append(f"fine-tuning checkpoint is epoch {config.ENSEMBLE_FAILED_BEST_EPOCH}")
+        elif s["val_log_loss"] > config.ENSEMBLE_FAILED_LOSS_RATIO * median:
+            reasons.append(f"calibrated validation log loss {s['val_log_loss']:.4f} is over "
+                           f"{config.ENSEMBLE_FAILED_LOSS_RATIO:g} x the members' median "
+                           f"{median:.4f}")
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def train_members(args: argparse.Namespace) -> dict:
+    """``--members K``: train members of the given recipe with the first K seeds of
+    ``config.ENSEMBLE_SEEDS`` into OUT/members/seed_S/, member by member (a finished member is
+    skipped, an unfinished one resumes; each gets ``--max-minutes``), replace each failed member
+    (:func:`failed_members`) by the next spare seed of ``config.ENSEMBLE_SPARE_SEEDS``, then
+    :func:`assemble` them into OUT. The members share one decoded-image cache in OUT."""
+    seeds = list(config.ENSEMBLE_SEEDS[:args.members])
+    spares = list(config.ENSEMBLE_SPARE_SEEDS)
+    replaced: list[dict] = []
+    while True:
+        for seed in seeds:
+            folder = member_folder(args.out, seed)
+            if member_finished(folder):
+                print(f"member seed {seed}: trained, in {folder}")
+                continue
+            resume = (folder / "checkpoints" / "state.json").exists()
+            print(f"member seed {seed}: {'resuming' if resume else 'training'} in {folder}")
+            train(argparse.Namespace(**{**vars(args), "out": folder, "seed": seed, "resume": resume,
+                                        "arrays_dir": args.out}))
+            keras.backend.clear_session()  # the next member starts from a clean graph
+        reasons = failed_members([member_summary(member_folder(args.out, s)) for s in seeds])
+        if not any(reasons):
+            break
+        for i, reason in enumerate(reasons):
+            if reason is None:
+                continue
+            if not spares:
+                raise SystemExit(f"member seed {seeds[i]} failed ({reason}) and the spare seeds "
+                                 f"{config.ENSEMBLE_SPARE_SEEDS} are used up: no ensemble made.")
+            replaced.append({"seed": seeds[i], "reason": reason, "replaced_by": spares[0]})
+            print(f"member seed {seeds[i]} failed ({reason}); replaced by seed {spares[0]}")
+            seeds[i] = spares.pop(0)
+    return assemble(args, [member_folder(args.out, s) for s in seeds], replaced)
+
+
+def validation_arrays(out: Path, splits: dict, lungs_path: Path, folders: list[Path] = ()
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validation images, lung masks and labels: from the first decoded-image cache of ``out``
+    or a member folder made from the same files and segmenter (read, never written), else
+    decoded into ``out``'s."""
+    key = arrays_key(splits, lungs_path)
+    for folder in [out, *folders]:
+        cache = folder / "checkpoints" / "arrays.npz"
+        if cache.exists():
+            with np.load(cache) as f:
+                if str(f["key"]) == key:
+                    print(f"validation images and lung masks from {cache}")
+                    return f["x_val"], f["m_val"], f["y_val"]
+    a = cached_arrays(out, splits, lungs_path)
+    return a["x_val"], a["m_val"], a["y_val"]
+
+
+def assemble(args: argparse.Namespace, folders: list[Path], replaced: list[dict] | None = None
+             ) -> dict:
+    """Join trained member folders into one model (:func:`pneumo.models.ensemble.build_ensemble`),
+    fit its calibration on validation (:func:`fit_calibration`, as for one model) and write
+    OUT/pneumo.keras and OUT/training.json, which lists the members (seed, folder, calibrated
+    validation log loss, best epoch, failed or not by the declared rule)."""
+    from pneumo.models.ensemble import build_ensemble
+
+    started = time.time()
+    summaries = [member_summary(Path(f)) for f in folders]
+    splits = load_splits(args.data)
+    if args.limit:
+        splits = {k: _limit(v, args.limit) for k, v in splits.items()}
+    data = fingerprint([s for v in splits.values() for s in v])
+    if other := [s["folder"] for s in summaries if s["data_fingerprint"] != data]:
+        raise SystemExit(f"trained on other data than {args.data}"
+                         f"{' with --limit ' + str(args.limit) if args.limit else ''}: "
+                         f"{', '.join(other)}")
+    for summary, reason in zip(summaries, failed_members(summaries)):
+        summary.update(failed=reason is not None, failed_reason=reason)
+        del summary["data_fingerprint"]
+    x_val, m_val, y_val = validation_arrays(args.out, splits, args.lungs, [Path(f) for f in folders])
+    model = build_ensemble([keras.saving.load_model(Path(f) / config.MODEL_FILE, compile=False)
+                            for f in folders])
+    calibration = fit_calibration(model, x_val, m_val, y_val)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save(args.out / config.MODEL_FILE)
+    logit = logit_model(model).predict(x_val, batch_size=64, verbose=0).ravel()
+
+    records = [artifacts.read_training_dict(Path(f)) for f in folders]
+    recipe = {k: v for k, v in records[0]["config"].items() if k != "seed"}
+    differ = sorted({k for r in records for k, v in r["config"].items()
+                     if k != "seed" and recipe.get(k) != v})
+    losses = [s["val_log_loss"] for s in summaries]
+    ensemble_loss = calibration["val_log_loss_original_images"]
+    report = {
+        "model": f"Ensemble of {len(folders)} EfficientNet-Lite0 members (each: ImageNet init + "
+                 "logistic head): mean of their uncalibrated logits + Platt",
+        "config": {**recipe, "seeds": [s["seed"] for s in summaries],
+                   "recipe_differs_in": differ},
+        "splits": records[0]["splits"], "patients": records[0]["patients"],
+        "head_only_val_auc": float(np.mean([r["head_only_val_auc"] for r in records])),
+        "checkpoint": {"chosen": "ensemble"},
+        "best_epoch": None,
+        "best_val_loss": log_loss(y_val, 1.0 / (1.0 + np.exp(-logit))),
+        "best_val_auc": roc_auc(y_val, logit),
+        "final_val": {"val_loss": ensemble_loss, "val_auc": roc_auc(y_val, logit)},
+        "members": summaries,
+        "members_replaced": replaced or [],
+        "members_val_log_loss": {"mean": float(np.mean(losses)), "median": float(np.median(losses)),
+                                 "sd": float(np.std(losses, ddof=1))},
+        "sanity_rule_1": {  # the other two rules need the robustness and heat-map benchmarks
+            "rule": "rejected if the ensemble's calibrated validation log loss is above the mean "
+                    "of the members'",
+            "ensemble": ensemble_loss, "members_mean": float(np.mean(losses)),
+            "rejects": bool(ensemble_loss > np.mean(losses))},
+        "calibration": calibration,
+        "duration_minutes": round(sum(r["duration_minutes"] for r in records)
+                                  + (time.time() - started) / 60, 1),
+        "versions": versions(),
+        "data_fingerprint": data,
+        "data_path": str(args.data),
+    }
+    artifacts.write_training(report, args.out)
+    print(json.dumps({k: report[k] for k in ("members", "sanity_rule_1", "calibration")}))
+    return report
+
+
 def versions() -> dict[str, str]:
     import cv2
     import PIL
@@ -558,18 +742,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seed of the training randomness (initialisation, augmentation, order); "
                         "the validation split and the calibration views always use config.SEED")
     p.add_argument("--limit", type=int, help="at most N images per class and split (smoke runs)")
+    p.add_argument("--members", type=int, metavar="K",
+                   help="train K ensemble members of the recipe the other flags give, seeds "
+                        f"{', '.join(map(str, config.ENSEMBLE_SEEDS))} in order (a failed member is "
+                        "replaced by the next of "
+                        f"{', '.join(map(str, config.ENSEMBLE_SPARE_SEEDS))}), into "
+                        f"OUT/{config.ENSEMBLE_MEMBERS_DIR}/seed_S/, member by member (finished ones "
+                        "are skipped, unfinished ones resume; each gets --max-minutes), then join "
+                        "them into OUT/pneumo.keras")
+    p.add_argument("--ensemble-of", type=Path, nargs="+", metavar="DIR",
+                   help="join these trained member folders (each with pneumo.keras and "
+                        "training.json) into one model, OUT/pneumo.keras, and fit its calibration "
+                        "(no training)")
     p.add_argument("--verbose", type=int, default=1, help="Keras verbosity: 1 progress bar, 2 lines")
     args = p.parse_args(argv)
     if problem := layout_problem(args.data):
         p.error(problem)
     if args.recalibrate and (problem := model_problem(args.out / config.MODEL_FILE)):
         p.error(f"--recalibrate refits the calibration of a trained model. {problem}")
+    if sum(bool(x) for x in (args.recalibrate, args.members, args.ensemble_of)) > 1:
+        p.error("--recalibrate, --members and --ensemble-of are three different jobs: give one")
+    if args.members is not None and not 2 <= args.members <= len(config.ENSEMBLE_SEEDS):
+        p.error(f"--members takes 2 to {len(config.ENSEMBLE_SEEDS)} (the declared seeds)")
+    if args.ensemble_of is not None:
+        if len(args.ensemble_of) < 2:
+            p.error("--ensemble-of needs at least two member folders")
+        for folder in args.ensemble_of:
+            if model_problem(folder / config.MODEL_FILE) or not (folder / config.TRAINING_FILE).exists():
+                p.error(f"--ensemble-of: {folder} has no trained member ({config.MODEL_FILE} and "
+                        f"{config.TRAINING_FILE})")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    recalibrate(args) if args.recalibrate else train(args)
+    if args.recalibrate:
+        recalibrate(args)
+    elif args.ensemble_of:
+        assemble(args, args.ensemble_of)
+    elif args.members:
+        train_members(args)
+    else:
+        train(args)
 
 
 if __name__ == "__main__":
