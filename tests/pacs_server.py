@@ -164,3 +164,16 @@ def load_studies(client: pacs.PacsClient, shared_data: Path) -> dict:
         frontal.update({str(ds.SOPInstanceUID): pacs.as_file_bytes(ds)
                         for ds in datasets if ds.ViewPosition != "LL"})
     return {"studies": studies, "frontal": frontal, "by_study": by_study}
+
+
+def store_turned_study(client: pacs.PacsClient, shared_data: Path) -> tuple[str, bytes]:
+    """Study F, dated before the other studies' search range (accession ACC-F): one PA film of a
+    normal child stored turned 180 degrees, which the quality check finds turned and whose
+    corrected copy reads differently. Returns its Study Instance UID and its bytes as a file."""
+    from pydicom.uid import generate_uid
+
+    normal = sorted((shared_data / "test" / "NORMAL").glob("*.jpeg"))
+    turned = np.ascontiguousarray(np.rot90(pixels_of(normal[1]), 2))
+    ds = source_dataset(turned, "F", generate_uid(), generate_uid(), study_date="20261020")
+    client.store([ds], str(ds.StudyInstanceUID))
+    return str(ds.StudyInstanceUID), pacs.as_file_bytes(ds)

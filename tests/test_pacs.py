@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pacs_server import PASSWORD, PATIENT_NAME, USER, Orthanc, load_studies, source_dataset
+from pacs_server import (
+    PASSWORD,
+    PATIENT_NAME,
+    USER,
+    Orthanc,
+    load_studies,
+    source_dataset,
+    store_turned_study,
+)
 
 from pneumo.io import pacs
 from pneumo.reading import dicom_results
@@ -370,6 +378,42 @@ def test_sending_again_supersedes_the_earlier_report(sent, loaded, orthanc, tmp_
     for uid in loaded["by_study"]["B"]:
         (current,) = dicom_results.current_reports(after, uid)
         assert current in new
+
+
+def test_a_turned_film_sends_the_reading_its_row_gives(loaded, orthanc, models, shared_data,
+                                                       tmp_path):
+    """The SR sent carries the reading the CSV row gives as the result: a film stored turned is
+    read as found (doubtful, judged on its corrected copy), or with --auto-correct from pneumo's
+    corrected copy, and then the SR says what was undone."""
+    from pneumo.reading.reader import read_batch, read_corrected
+
+    study, data = store_turned_study(orthanc.client(), shared_data)
+    (as_found,) = read_batch([("f.dcm", data)], **models)
+    (corrected,) = read_corrected([as_found], models["explainer"], ood_check=models["ood_check"],
+                                  segmenter=models["segmenter"], scope_check=models["scope_check"])
+    assert as_found.trust.state == "doubtful" and as_found.judged_on_corrected
+    assert corrected.trust.state == "trusted" and corrected.corrected_from == ("rot180",)
+    assert abs(as_found.probability - corrected.probability) > 0.05
+    client = orthanc.client()
+    for flags, expected in (((), as_found), (("--auto-correct",), corrected)):
+        folder = tmp_path / (flags[0].strip("-") if flags else "as-found")
+        folder.mkdir()
+        code, rows, text = _run_cli(orthanc, folder, "--accession", "ACC-F", "--send", *flags)
+        assert code == 0, text
+        (row,) = rows
+        assert abs(float(row["probability_pneumonia"]) - expected.probability) <= 1e-6
+        assert row["trust"] == expected.trust.state
+        assert row["corrected"] == ("rot180" if flags else "")
+        (sr,) = dicom_results.current_reports(_results(client, study, "SR"), row["sop_instance_uid"])
+        back = dicom_results.read_sr(sr)
+        assert abs(back.probability - expected.probability) <= 1e-6
+        assert (back.trust_state, back.decision) == (row["trust"], row["decision"])
+        if flags:
+            assert back.corrected == "Corrected by pneumo, not the image as uploaded: turned " \
+                                     "180 degrees before reading."
+            assert dciodvfy_errors(sr, tmp_path) == []
+        else:
+            assert back.corrected is None
 
 
 def test_wrong_password_is_one_sentence(loaded, orthanc):

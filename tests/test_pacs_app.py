@@ -13,7 +13,7 @@ from datetime import date
 import pytest
 import streamlit as st
 from conftest import ROOT
-from pacs_server import PASSWORD, PATIENT_NAME, USER, Orthanc, load_studies
+from pacs_server import PASSWORD, PATIENT_NAME, USER, Orthanc, load_studies, store_turned_study
 
 from pneumo import audit
 from pneumo.app import pacs_ui
@@ -315,3 +315,45 @@ def test_a_search_by_patient_and_accession_is_recorded_with_them(orthanc, loaded
         action=audit.PACS_SEARCH)
     assert json.loads(record["new_value"]) == {"since": "", "until": "", "patient_id": "",
                                                "accession": "ACC-C", "studies_found": 1}
+
+
+def test_a_turned_film_read_corrected_is_sent_as_corrected(orthanc, loaded, shared_data,
+                                                           bundled_model_dir):
+    """Send results to PACS sends the reading the worklist gives: once the corrected copy of a
+    film stored turned is read, its reading (and the SR says what pneumo undid), not the
+    doubtful reading of the film as found."""
+    from pneumo.reading.reader import read_corrected
+
+    study, data = store_turned_study(orthanc.client(), shared_data)
+    as_found = _direct(data)
+    (corrected,) = read_corrected([as_found], *_corrected_models())
+    assert as_found.trust.state == "doubtful" and corrected.trust.state == "trusted"
+    at = _app(pacs_section=_orthanc_secrets(orthanc))
+    at.checkbox(key="pacs_any_date").check()
+    at = _search(at, accession="ACC-F")
+    at.checkbox(key="pacs_all").check().run()
+    at.button(key="pacs_read").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    at.switch_page(READ_PAGE).run()
+    (fix,) = [b for b in at.button if str(b.key).startswith("correct-")]
+    fix.click().run()
+    assert not at.exception, at.exception
+    at.switch_page(PACS_PAGE).run()
+    (sent,) = [t for t in (d.value for d in at.dataframe) if "Trust" in t.columns]
+    assert list(sent["Trust"]) == ["Trusted"]  # the corrected copy's, as the worklist says
+    at.button(key="pacs_send").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    client = orthanc.client()
+    (sr,) = [client.retrieve_dataset(r) for r in client.instances(study, modality="SR")]
+    back = dicom_results.read_sr(sr)
+    assert abs(back.probability - corrected.probability) <= 1e-6
+    assert back.trust_state == "trusted" and "turned 180 degrees" in back.corrected
+
+
+def _corrected_models() -> tuple:
+    from pneumo.cli import loaders
+    from pneumo.models import ood
+    from pneumo.models.runtime import load_explainer
+
+    return (load_explainer(), ood.load_detector(), loaders.load_segmenter(), 16,
+            loaders.load_scope_check())

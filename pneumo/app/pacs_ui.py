@@ -304,8 +304,15 @@ def read_studies(settings: pacs.PacsSettings, rows: list[StudyRow]) -> None:
     st.session_state[READ_KEY] = {"lines": lines, "errors": errors}
 
 
+def readings_to_send() -> list:
+    """The shown PACS images with the reading the clinician sees as the result: the corrected
+    copy's for a film whose correction was read (as in the worklist and its CSV), else its own."""
+    return [(image, ui.corrected_reading(reading) or reading)
+            for image, reading in ui.pacs_readings()]
+
+
 def send_section(settings: pacs.PacsSettings) -> None:
-    found = ui.pacs_readings()
+    found = readings_to_send()
     if not found:
         return
     st.subheader("Send results to PACS")

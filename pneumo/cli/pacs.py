@@ -4,7 +4,9 @@ Options: ``--url URL`` (the DICOMweb service; else ``PNEUMO_PACS_URL`` or ``[pac
 ``.streamlit/secrets.toml``, :mod:`pneumo.io.pacs`), ``--until DATE``, ``--patient-id ID``,
 ``--accession NUMBER``, ``--send`` (store the results back in each study: a DICOM SR per read
 image and, for a trusted reading at or above the threshold, a Secondary Capture of its heat
-map, :mod:`pneumo.reading.dicom_results`), ``--batch-size N``.
+map, :mod:`pneumo.reading.dicom_results`), ``--auto-correct`` (a film that looks turned, flipped
+or inverted is read from pneumo's corrected copy, as ``python -m pneumo.predict --auto-correct``;
+the CSV row and the SR sent are that reading, the one result), ``--batch-size N``.
 
 Every frontal chest image (CR or DX, PA or AP) of the matching studies is retrieved in memory
 and read exactly as an uploaded file, with the same checks as ``python -m pneumo.predict``
@@ -67,6 +69,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="store the results in each study: a DICOM SR per read image and a "
                              "heat-map Secondary Capture per trusted reading at or above the "
                              "threshold")
+    parser.add_argument("--auto-correct", action="store_true",
+                        help="for an image that looks turned, flipped or inverted, read pneumo's "
+                             "corrected copy instead: the CSV row, the audit record and the SR "
+                             "sent are its reading (the 'corrected' column and the SR say what "
+                             "was undone)")
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
     parser.add_argument("--batch-size", type=_positive_int, default=16,
                         help="images read in one batch of the models (default 16); the next "
@@ -175,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer.writeheader()
         for chunk in read_instances(client, images, explainer, batch_size=args.batch_size,
                                     ood_check=detector, segmenter=segmenter,
-                                    quality_checker=checker, scope_check=scope_check):
+                                    quality_checker=checker, scope_check=scope_check,
+                                    auto_correct=args.auto_correct):
             shown = [site.calibrate_reading(item.reading, calibration) for item in chunk]
             trail.readings(shown, threshold)
             for item, reading in zip(chunk, shown):

@@ -8,7 +8,9 @@ is a research tool, not a medical device, and not for diagnosis.
 
 The SR holds the probability, the reading's trust state and its reason (:mod:`pneumo.reading.trust`),
 the decision at the department's threshold (:func:`pneumo.reading.reader.decision_of`) and that
-threshold, the site calibration in use, the model and its version. For an out-of-scope image it
+threshold, the site calibration in use, the model and its version. The reading sent is the one
+shown as the result: for a turned, flipped or inverted film whose corrected copy was read, that
+copy's reading, and the SR says what pneumo undid (``corrected``). For an out-of-scope image it
 says why and carries neither a decision nor a probability (the app, too, withholds that reading
 unless asked). A new SR for an image that already has one lists the one it supersedes in its
 Predecessor Documents Sequence (:func:`current_reports`), so a viewer can show the newest and
@@ -55,6 +57,7 @@ def _codes():
         "trust": own("PNEUMO-TRUST", "Trust state"),
         "reason": own("PNEUMO-REASON", "Trust reason"),
         "calibration": own("PNEUMO-CALIB", "Probability calibration"),
+        "corrected": own("PNEUMO-CORRECTED", "Read from a corrected copy"),
         "comment": CodedConcept("121106", "DCM", "Comment"),
         "algorithm": CodedConcept("111001", "DCM", "Algorithm Name"),
         "version": CodedConcept("111003", "DCM", "Algorithm Version"),
@@ -106,6 +109,11 @@ def sr_content(reading: Reading, threshold: float, source_sop_class_uid: str,
     ]
     if verdict.reason:
         items.append(TextContentItem(codes["reason"], verdict.reason, relationship_type="CONTAINS"))
+    if reading.corrected_from:  # the reading of pneumo's turned or inverted copy, as shown
+        from pneumo.models.quality import correction_note
+
+        items.append(TextContentItem(codes["corrected"], correction_note(reading.corrected_from),
+                                     relationship_type="CONTAINS"))
     if verdict.state != trust_states.OUT_OF_SCOPE and reading.ok:
         items += [
             NumContentItem(codes["probability"], float(reading.probability), codes["unitless"],
@@ -245,6 +253,7 @@ class SrContent:
     version: str
     comment: str
     predecessors: tuple[str, ...]
+    corrected: str | None = None  # what pneumo undid before reading, for a corrected copy
 
 
 def is_pneumo_sr(dataset) -> bool:
@@ -292,7 +301,8 @@ def read_sr(dataset) -> SrContent:
         probability=number("probability"), threshold=number("threshold"),
         decision=text("decision"), calibration=text("calibration"),
         model=text("algorithm") or "", version=text("version") or "",
-        comment=text("comment") or "", predecessors=predecessors_of(dataset))
+        comment=text("comment") or "", predecessors=predecessors_of(dataset),
+        corrected=text("corrected"))
 
 
 def current_reports(reports: Iterable, source_sop_instance_uid: str) -> list:

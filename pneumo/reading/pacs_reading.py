@@ -43,12 +43,15 @@ def _decoded(ref: pacs.InstanceRef, data: bytes) -> tuple[object, Reading]:
 def read_instances(client: pacs.PacsClient, refs: Sequence[pacs.InstanceRef], explainer, *,
                    batch_size: int = 16, workers: int | None = None,
                    ood_check: Callable | None = None, segmenter=None, quality_checker=None,
-                   scope_check: Callable | None = None) -> Iterator[list[PacsReading]]:
+                   scope_check: Callable | None = None,
+                   auto_correct: bool = False) -> Iterator[list[PacsReading]]:
     """Retrieve and read ``refs``; yields one list of :class:`PacsReading` per ``batch_size``
     of them, in order, each read with every check given. An instance that cannot be retrieved
     gets a reading with its :class:`pneumo.io.pacs.PacsError` sentence as ``error``; the rest go
     on. At most ``workers`` files are held at once; the next batch is retrieved while the
-    caller handles this one."""
+    caller handles this one. ``auto_correct``: a film the quality check finds turned, flipped
+    or inverted gets its corrected copy's reading (:func:`pneumo.reading.reader.read_corrected`)
+    in place of its own, as ``python -m pneumo.predict --auto-correct`` does."""
     refs = list(refs)
     items = client.retrieve_all(refs, workers, then=_decoded, ahead=batch_size)
     chunk: list[PacsReading] = []
@@ -63,5 +66,11 @@ def read_instances(client: pacs.PacsClient, refs: Sequence[pacs.InstanceRef], ex
             reader.check_decoded([p.reading for p in chunk], explainer, ood_check,
                                  batch_size=batch_size, segmenter=segmenter,
                                  quality_checker=quality_checker, scope_check=scope_check)
+            if auto_correct:
+                corrected = {r.name: r for r in reader.read_corrected(
+                    [p.reading for p in chunk], explainer, ood_check=ood_check,
+                    segmenter=segmenter, batch_size=batch_size, scope_check=scope_check)}
+                for p in chunk:
+                    p.reading = corrected.get(p.reading.name, p.reading)
             yield chunk
             chunk = []
