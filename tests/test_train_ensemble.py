@@ -175,3 +175,26 @@ def test_ensemble_of_needs_trained_member_folders(tmp_path, capsys):
             train.parse_args(["--data", str(_kaggle_like(tmp_path)), "--ensemble-of",
                               *map(str, folders)])
         assert message in capsys.readouterr().err
+
+
+def test_no_member_is_judged_or_joined_while_one_is_unfinished(tmp_path, monkeypatch):
+    """A member cut short by --max-minutes (epoch 1 of 6, no early stop) is not failed for its
+    first-epoch checkpoint: the run stops, and the next one resumes it."""
+    from pneumo.cli import train
+
+    out = tmp_path / "ensemble"
+    calls = []
+
+    def fake_train(args):
+        calls.append((args.seed, args.resume))
+        _write_member(args.out, _record(args.seed, 0.1, 1 if args.seed == 2027 else 3,
+                                        epochs_run=1 if args.seed == 2027 else None))
+        (args.out / "checkpoints").mkdir(exist_ok=True)
+        (args.out / "checkpoints" / "state.json").write_text("{}")
+
+    monkeypatch.setattr(train, "train", fake_train)
+    monkeypatch.setattr(train, "assemble", lambda *a, **k: pytest.fail("joined too early"))
+    args = ["--data", str(_kaggle_like(tmp_path)), "--out", str(out), "--members", "2"]
+    assert train.train_members(train.parse_args(args)) == {"unfinished": [2027]}
+    train.main(args)
+    assert calls == [(1337, False), (2027, False), (2027, True)]

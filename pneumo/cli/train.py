@@ -572,7 +572,8 @@ def train_members(args: argparse.Namespace) -> dict:
     ``config.ENSEMBLE_SEEDS`` into OUT/members/seed_S/, member by member (a finished member is
     skipped, an unfinished one resumes; each gets ``--max-minutes``), replace each failed member
     (:func:`failed_members`) by the next spare seed of ``config.ENSEMBLE_SPARE_SEEDS``, then
-    :func:`assemble` them into OUT. The members share one decoded-image cache in OUT."""
+    :func:`assemble` them into OUT. The members share one decoded-image cache in OUT. The rule
+    is applied only once every member has finished; until then nothing is joined."""
     seeds = list(config.ENSEMBLE_SEEDS[:args.members])
     spares = list(config.ENSEMBLE_SPARE_SEEDS)
     replaced: list[dict] = []
@@ -587,6 +588,10 @@ def train_members(args: argparse.Namespace) -> dict:
             train(argparse.Namespace(**{**vars(args), "out": folder, "seed": seed, "resume": resume,
                                         "arrays_dir": args.out}))
             keras.backend.clear_session()  # the next member starts from a clean graph
+        if unfinished := [s for s in seeds if not member_finished(member_folder(args.out, s))]:
+            print(f"members not finished yet (cut short by --max-minutes): seeds "
+                  f"{', '.join(map(str, unfinished))}; run the same command again to go on")
+            return {"unfinished": unfinished}
         reasons = failed_members([member_summary(member_folder(args.out, s)) for s in seeds])
         if not any(reasons):
             break
