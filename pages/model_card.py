@@ -141,13 +141,15 @@ if training:
     size_mb = model_file.stat().st_size / 1e6 if model_file.exists() else float("nan")
     st.markdown(
         f"- **Architecture**: {training.model}; input 224x224 RGB, whole image stretched.\n"
+        + wording.ensemble_card_lines(training.members) +
         f"- **Split**: validation carved from official train by patient "
         f"({training.patients['val']} patients), none shared with training; the official "
         "16-image val split is not used.\n"
         f"- **Frozen-feature baseline** (head only) validation AUC "
         f"{training.head_only_val_auc:.4f}; fine-tuned: best validation log loss "
-        f"{training.best_val_loss or float('nan'):.4f} (AUC {training.best_val_auc or float('nan'):.4f}) "
-        f"at epoch {training.best_epoch}; kept: {training.kept}.\n"
+        f"{training.best_val_loss or float('nan'):.4f} (AUC {training.best_val_auc or float('nan'):.4f})"
+        + (f" at epoch {training.best_epoch}; kept: {training.kept}.\n" if not training.members
+           else " (the members' mean logit, before calibration).\n") +
         f"- **Training against shortcuts**: {training.augmentation}; "
         f"penalty on heat-map mass outside the lungs, weight {training.lung_penalty:g}.\n"
         f"- **Calibration**: Platt scaling fitted on {training.calibration.fitted_on} "

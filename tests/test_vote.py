@@ -142,3 +142,13 @@ def test_the_card_and_the_worklist_say_when_the_models_disagree(monkeypatch):
     at.run()
     assert not [w for w in at.warning if "disagree" in w.value]
     assert list(at.dataframe[0].value["members"]) == ["1 of 5"] * 2
+
+
+def test_model_card_lines_name_the_members_only_for_an_ensemble():
+    from pneumo.reading.wording import ensemble_card_lines
+
+    assert ensemble_card_lines(()) == ""
+    text = ensemble_card_lines([{"seed": 1337, "val_log_loss": 0.099},
+                                {"seed": 2027, "val_log_loss": 0.1031}])
+    assert "two members" in text and "1337, 2027" in text and "0.0990-0.1031" in text
+    assert "plain mean of the members' Grad-CAM maps" in text

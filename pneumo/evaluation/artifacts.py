@@ -175,6 +175,7 @@ class TrainingRecord:
     duration_minutes: float
     versions: dict[str, str]
     data_fingerprint: str
+    members: tuple[dict, ...] = ()  # an ensemble's members (seed, val_log_loss, ...); () for one model
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainingRecord:
@@ -189,7 +190,7 @@ class TrainingRecord:
             calibration=Calibration(cal["method"], float(cal["scale"]), float(cal["bias"]),
                                     cal.get("fitted_on", "validation images")),
             duration_minutes=float(d["duration_minutes"]), versions=d["versions"],
-            data_fingerprint=d["data_fingerprint"])
+            data_fingerprint=d["data_fingerprint"], members=tuple(d.get("members", ())))
 
 
 def read_training(weights_dir: Path | None = None) -> TrainingRecord | None:

@@ -7,6 +7,7 @@ the worklist and anything else a person reads goes through :func:`probability_te
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -168,6 +169,22 @@ NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "ei
 def number_word(n: int) -> str:
     """3 -> "three" (up to ten; digits beyond)."""
     return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+
+
+def ensemble_card_lines(members: Sequence[Mapping]) -> str:
+    """The model card's Markdown lines about an ensemble's members ("" for a single model).
+
+    ``members``: ``training.json``'s ``members`` (each with ``seed`` and ``val_log_loss``)."""
+    if not members:
+        return ""
+    seeds = ", ".join(str(m["seed"]) for m in members)
+    losses = [float(m["val_log_loss"]) for m in members]
+    return (f"- **Ensemble**: {number_word(len(members))} members of one recipe (seeds {seeds}), "
+            f"each with its own Platt calibration on validation (log loss {min(losses):.4f}-"
+            f"{max(losses):.4f}). The probability is the mean of their uncalibrated logits, "
+            "calibrated once on validation. The heat map is the plain mean of the members' "
+            "Grad-CAM maps. The out-of-distribution and population checks read member 1's "
+            "features.\n")
 
 
 def disagreement_text(vote: Vote | None) -> str:
