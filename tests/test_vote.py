@@ -152,3 +152,33 @@ def test_model_card_lines_name_the_members_only_for_an_ensemble():
                                 {"seed": 2027, "val_log_loss": 0.1031}])
     assert "two members" in text and "1337, 2027" in text and "0.0990-0.1031" in text
     assert "plain mean of the members' Grad-CAM maps" in text
+
+
+def test_disagreement_report_counts_the_split_votes_and_accuracy_either_side():
+    from pneumo.reading.vote import disagreement_report
+
+    members = np.array([[0.9, 0.9, 0.9, 0.9, 0.9],   # 5-0 pneumonia
+                        [0.9, 0.9, 0.9, 0.1, 0.1],   # 3-2: disagree
+                        [0.1, 0.1, 0.1, 0.1, 0.9],   # 1-4: agree
+                        [0.1, 0.1, 0.9, 0.9, 0.1]])  # 2-3: disagree
+    report = disagreement_report([1, 0, 0, 1], [0.9, 0.7, 0.2, 0.4], members, 0.5)
+    assert report["disagree"] == 2 and report["disagree_share"] == 0.5
+    assert report["accuracy_all"] == 0.5  # right on images 0 and 2, wrong on 1 and 3
+    assert report["accuracy_without_disagreeing"] == 1.0
+    assert report["accuracy_on_disagreeing"] == 0.0
+    assert report["disagree_by_class"] == {"NORMAL": 1, "PNEUMONIA": 1}
+
+
+def test_evaluate_reports_members_on_their_own_and_their_disagreement():
+    from pneumo.cli.evaluate import ensemble_section, format_ensemble
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 50)
+    members = np.clip(y[:, None] * 0.6 + rng.uniform(0, 0.4, (100, 5)), 0, 1)
+    split = {"label": y, "probability": members.mean(axis=1), "members": members}
+    section = ensemble_section(split, split, 0.5)
+    assert [x["member"] for x in section["members"]] == [1, 2, 3, 4, 5]
+    assert all(x["test"]["auc"] == 1.0 for x in section["members"])  # separable by design
+    assert section["disagreement"]["test"]["n"] == 100
+    assert set(section["members_test_mean_sd"]) >= {"auc", "accuracy", "ece"}
+    assert any("members disagree (test)" in line for line in format_ensemble(section))

@@ -93,7 +93,36 @@ def predict_split(model, samples: list[Sample], explainer=None) -> dict[str, np.
             "cams": {k: np.stack([e.cams[k] for e in explanations]) for k in METHODS}
             if explanations else {},
             "filename": np.array([s.filename for s in samples]),
+            "members": (np.stack([e.member_probabilities for e in explanations])
+                        if explanations and explanations[0].member_probabilities is not None
+                        else None),
             "images": images}
+
+
+def ensemble_section(val: dict, test: dict, threshold: float) -> dict:
+    """An ensemble's members on their own (each thresholded by the bundled rule on its own
+    validation probabilities) and how often they disagree (:mod:`pneumo.reading.vote`), at
+    ``threshold``, on validation and test."""
+    from pneumo.reading.vote import disagreement_report
+
+    members = []
+    for k in range(val["members"].shape[1]):
+        pv, pt = val["members"][:, k], test["members"][:, k]
+        own = artifacts.round_threshold(m.sensitivity_threshold(
+            val["label"], pv, config.RECOMMENDED_SENSITIVITY_TARGET))
+        members.append({"member": k + 1, "threshold": own,
+                        "val_log_loss": m.log_loss(val["label"], pv),
+                        "test": {"auc": m.roc_auc(test["label"], pt),
+                                 **m.metrics_at(test["label"], pt, own),
+                                 "ece": m.expected_calibration_error(test["label"], pt,
+                                                                     config.CALIBRATION_BINS)}})
+    spread = {key: {"mean": float(np.mean([x["test"][key] for x in members])),
+                    "sd": float(np.std([x["test"][key] for x in members], ddof=1))}
+              for key in ("auc", "accuracy", "sensitivity", "specificity", "ece")}
+    return {"members": members, "members_test_mean_sd": spread,
+            "disagreement": {split: disagreement_report(d["label"], d["probability"],
+                                                         d["members"], threshold)
+                             for split, d in (("val", val), ("test", test))}}
 
 
 def segmenter_masks(images: np.ndarray, lungs_model: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -296,6 +325,19 @@ def scope_section(samples: list[Sample], weights: Path, threshold: float,
     return section
 
 
+def format_ensemble(section: dict) -> list[str]:
+    """The ensemble section as printed lines."""
+    lines = ["members on their own (test; each at its own validation threshold):"]
+    lines += [f"  member {x['member']}: AUC {x['test']['auc']:.3f}, accuracy "
+              f"{x['test']['accuracy']:.3f}, ECE {x['test']['ece']:.3f}" for x in section["members"]]
+    for split, r in section["disagreement"].items():
+        without = r["accuracy_without_disagreeing"]
+        lines.append(f"members disagree ({split}): {r['disagree']} of {r['n']} "
+                     f"({r['disagree_share']:.1%}); accuracy {r['accuracy_all']:.3f} with them, "
+                     + (f"{without:.3f} without" if without is not None else "none left without"))
+    return lines
+
+
 def format_scope(section: dict) -> list[str]:
     if not section:
         return []
@@ -367,6 +409,10 @@ def main(argv: list[str] | None = None) -> None:
             None if masks[split] is None else masks[split][0],
             maps=results[split]["cams"].get(FOLLOW_METHOD))
     metrics = compute_metrics(results["val"], results["test"], args.bootstrap)
+    if results["val"]["members"] is not None:
+        metrics["ensemble"] = ensemble_section(
+            results["val"], results["test"],
+            artifacts.round_threshold(metrics["thresholds"]["recommended"]))
     metrics["heatmaps"] = heatmap_figures(results["test"], args.lung_masks, args.lungs,
                                           masks["test"])
     metrics["heatmaps"][FOLLOW_KEY] = follow_the_film_section(
@@ -381,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
                                      artifacts.round_threshold(metrics["thresholds"]["recommended"]))
     artifacts.write_metrics(metrics, args.weights)
     print(format_table(metrics))
+    if "ensemble" in metrics:
+        print("\n".join(format_ensemble(metrics["ensemble"])))
     print("\n".join(format_scope(metrics["scope"])))
 
 

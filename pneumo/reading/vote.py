@@ -46,3 +46,27 @@ def vote(member_probabilities, threshold: float) -> Vote | None:
         return None
     p = np.asarray(member_probabilities, dtype="float64").reshape(-1)
     return Vote(int(flagged(p, threshold).sum()), len(p))
+
+
+def disagreement_report(labels, probabilities, member_probabilities, threshold: float) -> dict:
+    """How often the members disagree on a labelled set, and how accurate the (ensemble's)
+    readings are with and without those images (issue #25 step 3's report).
+
+    ``probabilities``: (N,) the ensemble's; ``member_probabilities``: (N, K) the members' own.
+    """
+    y = np.asarray(labels, dtype=int).reshape(-1)
+    p = np.asarray(probabilities, dtype="float64").reshape(-1)
+    members = np.asarray(member_probabilities, dtype="float64")
+    disagree = np.array([vote(row, threshold).disagree for row in members], dtype=bool)
+    correct = flagged(p, threshold).astype(int) == y
+
+    def accuracy(mask: np.ndarray) -> float | None:
+        return float(correct[mask].mean()) if mask.any() else None
+
+    return {"threshold": float(threshold), "n": int(len(y)), "members": int(members.shape[1]),
+            "disagree": int(disagree.sum()), "disagree_share": float(disagree.mean()) if len(y) else 0.0,
+            "accuracy_all": accuracy(np.ones(len(y), dtype=bool)),
+            "accuracy_without_disagreeing": accuracy(~disagree),
+            "accuracy_on_disagreeing": accuracy(disagree),
+            "disagree_by_class": {name: int((disagree & (y == c)).sum())
+                                  for c, name in enumerate(("NORMAL", "PNEUMONIA"))}}
