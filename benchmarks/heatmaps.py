@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
             "occlusion_faithfulness_lungs": "the same, blurring the lung field in each half",
             "member_agreement": "share of films where the two models' maps are heavier on the "
                                 "same half (ties left out)",
+            "members_pairwise_agreement": "with two or more --member models: member_agreement "
+                                          "on image halves for every pair of them, with the mean "
+                                          "and the lowest over the pairs",
             "undefined": "films whose correlation is undefined (a constant, e.g. all-zero, map) "
                          "are left out of the means and counted",
         },

@@ -130,6 +130,17 @@ def test_member_agreement_among_films_where_both_models_pick_a_side():
     assert hm.member_agreement(a, a[:, :, ::-1][[0, 1, 2, 3]]) == pytest.approx(0.0)
 
 
+def test_pairwise_agreement_over_every_pair_of_members():
+    a = np.stack([one_hot(0, 6), one_hot(0, 6), one_hot(0, 0)])
+    b = np.stack([one_hot(0, 5), one_hot(0, 1), one_hot(0, 2)])  # agrees with a on 2 of 3
+    c = a[:, :, ::-1]  # always the other side from a
+    report = hm.pairwise_agreement({"a": a, "b": b, "c": c})
+    assert set(report["pairs"]) == {"a | b", "a | c", "b | c"}
+    assert report["pairs"]["a | c"]["mean"] == pytest.approx(0.0)
+    assert report["lowest"] == pytest.approx(0.0)
+    assert report["mean"] == pytest.approx((2 / 3 + 0.0 + 1 / 3) / 3)
+
+
 # --- occlusion --------------------------------------------------------------------------------
 
 def textured_images(n: int, size: int = 224) -> np.ndarray:

@@ -336,6 +336,17 @@ def agreement_report(maps_a, maps_b, lung_masks=None) -> dict:
     return out
 
 
+def pairwise_agreement(maps_by_member: dict[str, np.ndarray]) -> dict:
+    """Agreement on the heavier image half for every pair of members (``member_agreement`` on
+    image halves), with the mean and the lowest over the pairs."""
+    names = list(maps_by_member)
+    pairs = {f"{a} | {b}": summary(agreements(maps_by_member[a], maps_by_member[b]))
+             for i, a in enumerate(names) for b in names[i + 1:]}
+    means = [p["mean"] for p in pairs.values() if not np.isnan(p["mean"])]
+    return {"pairs": pairs, "mean": float(np.mean(means)) if means else float("nan"),
+            "lowest": float(np.min(means)) if means else float("nan")}
+
+
 def _pick(occlusion: dict | None, chosen: np.ndarray) -> dict | None:
     return None if occlusion is None else {k: v[chosen] for k, v in occlusion.items()}
 
@@ -377,5 +388,8 @@ def measure(images, labels, cams: Callable[[np.ndarray], np.ndarray],
             report["member_agreement"] = {
                 member: agreement_report(maps[chosen], other[chosen], masks)
                 for member, other in member_maps.items()}
+        if len(member_maps) >= 2:
+            report["members_pairwise_agreement"] = pairwise_agreement(
+                {k: v[chosen] for k, v in member_maps.items()})
         out[name] = report
     return out
