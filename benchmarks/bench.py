@@ -16,6 +16,12 @@ Every timed step reports p50 and p95 in milliseconds after warm-up, for both pat
   (:func:`pneumo.models.explain.library_cams`). pneumo: the same serving explainer call;
 * the batch with CAMs end to end. Naive: per image decode + ``model.predict`` + fresh Grad-CAM.
   pneumo: :func:`pneumo.reading.reader.read_batch` (both maps, display copy, OOD check);
+* issue #23's PACS target (``benchmarks/pacs_bench.py``): search + retrieve + read of as many
+  studies as the batch has files (20), one 2000x2500 16-bit CR image each, from Orthanc on
+  loopback, models loaded. Naive: the serial path pneumo had (one instance at a time through
+  dicomweb-client, parsed and written back, then ``read_batch``). pneumo: ``python -m
+  pneumo.pacs``'s path; a second row adds ``--send``. Skipped, with the reason, where Orthanc and
+  its DICOMweb plugin are not installed;
 * process cold start to model ready, in a fresh subprocess per path, and its peak RSS (pneumo's
   runtime model is already in its cache, as on a server that has run once);
 * the forward-pass runtimes side by side (Keras graph, Keras + XLA, OpenVINO f32, LiteRT f32),
@@ -85,12 +91,13 @@ class Plan:
     warmup: int
     agreement_images: int = 624  # shared test X-rays compared with Keras (all of them)
     runtimes: bool = True  # time the candidate runtimes side by side
+    pacs: int = 5  # repetitions of each PACS path (after one untimed run each)
 
 
 FULL = Plan(fast=50, batch=20, naive_cams=10, cams=30, naive_batch_cams=3, batch_cams=10, cold=3,
             warmup=3)
 QUICK = Plan(fast=10, batch=3, naive_cams=2, cams=10, naive_batch_cams=1, batch_cams=3, cold=1,
-             warmup=2, agreement_images=24, runtimes=False)
+             warmup=2, agreement_images=24, runtimes=False, pacs=3)
 
 
 @dataclass
@@ -347,6 +354,40 @@ def audit_row(explainer, detector, files: list[tuple[str, bytes]], plan: Plan) -
                "(benchmarks/audit_bench.py has the distribution)")
 
 
+PACS_TARGET_MS = 2000.0  # issue #23: search + retrieve + read of 20 studies from Orthanc
+
+
+def pacs_rows(explainer, detector, studies: int, plan: Plan) -> tuple[list[Row], str]:
+    """Issue #23's target (benchmarks/pacs_bench.py): search + retrieve + read of ``studies``
+    studies, one 2000x2500 16-bit CR image each, from Orthanc on loopback, models loaded, as
+    ``python -m pneumo.pacs`` does it, against the serial path it replaced; and the same with
+    ``--send``. No rows, and the reason, when Orthanc and its DICOMweb plugin are not installed."""
+    import tempfile
+
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import pacs_bench
+
+    with tempfile.TemporaryDirectory(prefix="pneumo-bench-pacs-") as folder, \
+            pacs_bench.rig(Path(folder), studies, explainer, detector) as (rig, reason):
+        if rig is None:
+            return [], reason
+        seconds = pacs_bench.measure(rig, plan.pacs)
+    ms = {name: Stats.of([s * 1000.0 for s in values]) for name, values in seconds.items()}
+    what = f"{studies} studies (one 2000x2500 16-bit CR each) from Orthanc on loopback"
+    return [
+        Row(f"PACS: search + retrieve + read, {what}", "ms", ms["serial"], ms["pneumo"],
+            f"pneumo p50 <= {PACS_TARGET_MS:g} ms", ms["pneumo"].p50 <= PACS_TARGET_MS,
+            "naive: one instance at a time through dicomweb-client (parsed, written back to "
+            "bytes), then read_batch; pneumo: python -m pneumo.pacs's path (read_instances: "
+            "retrieval overlapped with decoding and the models); every check, same readings"),
+        Row(f"PACS: the same with --send, {studies} studies", "ms", ms["pneumo"],
+            ms["pneumo_send"],
+            note="naive column: without --send; pneumo column: with --send (an SR per image, a "
+                 "heat-map SC per trusted reading above the threshold, stored back)"),
+    ], ""
+
+
 def end_to_end_parts(explainer, detector, files: list[tuple[str, bytes]], plan: Plan) -> dict:
     """Where pneumo's end-to-end time goes: p50 ms of its parts, each timed alone."""
     from pneumo.reading.reader import decode_files
@@ -521,6 +562,8 @@ def run(model_path: Path, plan: Plan, batch_size: int = BATCH_IMAGES) -> dict:
     rows += cam_rows(model, explainer, images[0], plan)
     rows.append(end_to_end_row(model, explainer, detector, files, plan))
     rows.append(audit_row(explainer, detector, files, plan))
+    found, skipped = pacs_rows(explainer, detector, batch_size, plan)
+    rows += found
     parts = end_to_end_parts(explainer, detector, files, plan)
     rows += cold_start_rows(model_path, plan)
     real = shared_test_images(plan.agreement_images)
@@ -541,6 +584,7 @@ def run(model_path: Path, plan: Plan, batch_size: int = BATCH_IMAGES) -> dict:
         "runtimes": runtimes,
         "tracing": tracing,
         "bench_process_peak_rss_mb": peak_rss_mb(),
+        "skipped": {"PACS rows": skipped} if skipped else {},
         "targets_met": all(r.met for r in rows if r.met is not None)
         and (agree is None or agree["met"])
         and tracing["CamExplainer._run"] == tracing["Predictor._predict"] == 1,
@@ -583,6 +627,8 @@ def table(results: dict) -> str:
                        f"1 image {r['one_image_ms']:.1f} ms, batch {r['batch_per_image_ms']:.1f} "
                        f"ms/image, max |dp| {r['max_abs_dp']:.1e}"
                        + ("" if r["finite"] else " (NOT FINITE)")))
+    for rows, reason in results.get("skipped", {}).items():
+        out += ["", f"{rows} skipped: {reason}"]
     if results.get("end_to_end_parts_ms"):
         out += ["", "pneumo's end to end, by part (p50, each timed alone):"]
         out += [f"  {name}: {ms:,.0f} ms" for name, ms in results["end_to_end_parts_ms"].items()]

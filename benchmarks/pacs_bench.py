@@ -130,9 +130,10 @@ class Rig:
 
 
 @contextmanager
-def rig(folder: Path, studies: int = STUDIES, models: dict | None = None):
+def rig(folder: Path, studies: int = STUDIES, explainer=None, ood_check=None):
     """A :class:`Rig` (Orthanc stopped on exit), or None with the reason when Orthanc and its
-    DICOMweb plugin are not installed: yields ``(rig, reason)``."""
+    DICOMweb plugin are not installed: yields ``(rig, reason)``. ``explainer``, ``ood_check``:
+    those loaded already (:func:`load_models` loads the rest once Orthanc runs)."""
     import pytest
     from pacs_server import Orthanc
 
@@ -142,7 +143,7 @@ def rig(folder: Path, studies: int = STUDIES, models: dict | None = None):
         yield None, str(err)
         return
     try:
-        yield Rig(server, studies, models if models is not None else load_models()), ""
+        yield Rig(server, studies, load_models(explainer, ood_check)), ""
     finally:
         server.stop()
 

@@ -36,12 +36,19 @@ def test_quick_benchmark_writes_every_row(tmp_path, monkeypatch, bundled_model_d
             assert stats["n"] == 1
             assert math.isfinite(stats["p50"]) and 0 < stats["p50"] <= stats["p95"], row
         assert row["ratio"] > 0
+    pacs = {name for name in names if name.startswith("PACS: search")}
+    if results["skipped"]:  # Orthanc is not installed here: the PACS rows say why they are not
+        assert "Orthanc" in results["skipped"]["PACS rows"] and not pacs
+    else:
+        assert pacs == {"PACS: search + retrieve + read, 3 studies (one 2000x2500 16-bit CR "
+                        "each) from Orthanc on loopback"}
+        assert "PACS: the same with --send, 3 studies" in names
     targets = {row["name"]: row["target"] for row in results["rows"] if row["met"] is not None}
     assert set(targets) == {"prediction, 1 image", "prediction, batch of 3",
                             "batch of 3 files with CAMs, end to end", "cold start to model ready",
                             "decode + preprocess, 2000x2000 16-bit PNG",
                             "decode + preprocess, 2000x2500 JPEG",
-                            "audit record of one reading (SQLite)"}
+                            "audit record of one reading (SQLite)"} | pacs
     assert results["end_to_end_parts_ms"] and all(
         ms > 0 for ms in results["end_to_end_parts_ms"].values())
     assert results["machine"]["runtime"] in ("openvino", "keras")
@@ -53,3 +60,13 @@ def test_quick_benchmark_writes_every_row(tmp_path, monkeypatch, bundled_model_d
     assert results["tracing"]["CamExplainer._run"] == results["tracing"]["Predictor._predict"] == 1
     printed = capsys.readouterr().out
     assert "naive/pneumo" in printed and str(out) in printed
+
+
+def test_the_pacs_rows_say_why_they_are_skipped_without_orthanc(monkeypatch, tmp_path):
+    bench = _bench_module(monkeypatch)
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    import pacs_server
+
+    monkeypatch.setattr(pacs_server.shutil, "which", lambda *args, **kwargs: None)
+    rows, reason = bench.pacs_rows(None, None, 3, bench.QUICK)
+    assert rows == [] and "Orthanc and its DICOMweb plugin are not installed" in reason
