@@ -447,3 +447,20 @@ def test_a_server_that_never_answers_times_out():
         with pytest.raises(pacs.PacsTimeout, match="did not answer within 0.5 s"):
             client.search_studies()
         assert time.perf_counter() - start < 5
+
+
+def test_retrievals_not_started_are_dropped_when_the_caller_stops():
+    """A page that stops at the first failure (the server gone silent) does not wait for every
+    retrieval queued behind it, each until its timeout."""
+    with socket.socket() as listener:  # accepts connections (the kernel does) and says nothing
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        client = pacs.PacsClient(pacs.PacsSettings(f"http://127.0.0.1:{port}/dicom-web",
+                                                   timeout=0.5))
+        refs = [pacs.InstanceRef("1.2.3", "1.2.3.4", f"1.2.3.4.{i}") for i in range(12)]
+        start = time.perf_counter()
+        items = client.retrieve_all(refs, workers=2, ahead=10)
+        assert isinstance(next(items), pacs.PacsTimeout)
+        items.close()
+        assert time.perf_counter() - start < 1.8  # 10 queued would take 2.5 s more

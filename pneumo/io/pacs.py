@@ -482,13 +482,16 @@ class PacsClient:
             except PacsError as err:
                 return err
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-pacs") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="pneumo-pacs")
+        try:
             futures = [pool.submit(one, ref) for ref in refs[:ahead]]
             for i in range(len(refs)):
                 if i + ahead < len(refs):
                     futures.append(pool.submit(one, refs[i + ahead]))
                 yield futures[i].result()
                 futures[i] = None
+        finally:  # a caller that stops early waits only for the retrievals under way
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def store(self, datasets: Sequence, study_instance_uid: str | None = None) -> None:
         """Store the data sets (STOW-RS), each written as a DICOM file; raises
