@@ -111,7 +111,10 @@ def show_reading(r: reader.Reading, key: str) -> None:
                               "validated on images like this one."):
             with st.container(key=f"{ui.MUTED_CARD}-{key}-hidden"):
                 left, _ = st.columns([1, 2.1])
-                left.image(r.display, caption="As uploaded: no reading shown", width="stretch")
+                drawn.add(f"{key}-hidden")
+                left.image(ui.kept_jpeg(f"{key}-hidden", "original", (r.digest,), lambda: r.display),
+                           caption="As uploaded: no reading shown", width="stretch",
+                           output_format="JPEG")
             return
         st.markdown(f"**Reading {ui.OUTSIDE_POPULATION}**: not validated on images like this "
                     "one; do not act on it.")
@@ -128,14 +131,15 @@ def _reading_body(r: reader.Reading, key: str, label: str, muted: bool) -> None:
         "Show heat map", key=f"show-cam-{key}",
         help="Below the threshold the heat map is hidden: its colours are relative to this "
              "image and would look as strong as on a clear pneumonia.")
-    view = ui.card_images(r, method, opacity, threshold, show, outline)
+    view = ui.card_pictures(r, key, method, opacity, threshold, show, outline)  # kept per look
+    drawn.add(key)
     left.image(view.original, caption="Corrected by pneumo" if r.corrected_from else "Original",
-               width="stretch")
+               width="stretch", output_format="JPEG")
     if view.overlay is None:
         middle.info("Heat map hidden: the probability is below the threshold.",
                     icon=":material/visibility_off:")
     else:
-        middle.image(view.overlay, caption=view.caption, width="stretch")
+        middle.image(view.overlay, caption=view.caption, width="stretch", output_format="JPEG")
         empty = ui.empty_heat_map(r, method)
         if empty:
             middle.info(empty, icon=":material/check_circle:")
@@ -167,11 +171,12 @@ def _reading_body(r: reader.Reading, key: str, label: str, muted: bool) -> None:
         if view.overlay is not None:
             suffix = "_corrected" if r.corrected_from else ""
             st.download_button(
-                "Download overlay (PNG)", ui.png_bytes_later(view.overlay),
+                "Download overlay (PNG)", view.overlay_png,
                 f"{r.name.rsplit('.', 1)[0]}{suffix}_{method.replace('+', 'p').lower()}.png",
                 "image/png", key=f"png-{key}", on_click="ignore", icon=":material/download:")
 
 
+drawn: set[str] = set()  # the cards whose pictures this run drew (ui.card_pictures keeps them)
 for row in rows:
     r = readings[row["index"]]
     if not r.ok:
@@ -196,3 +201,4 @@ for row in rows:
             st.info(fixed.notes[0], icon=":material/auto_fix_high:")
             st.caption(quality.CHECK_CORRECTED)
             show_reading(fixed, f"{key}-corrected")
+ui.forget_pictures_except(drawn)

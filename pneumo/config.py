@@ -121,6 +121,7 @@ PROBABILITY_SHOWN_RANGE = (0.01, 0.99)  # outside it a probability reads "< 1 %"
 EVIDENCE_MIN_IMAGES = 20  # the test-set bin quoted beside a probability widens to hold this many
 HEATMAP_MIN_STRENGTH = 0.35  # a heat map shown on request below the threshold: least opacity share
 LUNG_OUTLINE_RGB = (255, 0, 255)  # magenta: not in the Turbo heat-map scale, clear on grey
+PROGRESS_INTERVAL_S = 0.25  # a reading's progress bar is updated at most this often (messages)
 
 # Image quality checks (pneumo.models.quality: orientation, inverted grey scale, low resolution)
 QUALITY_MODEL_FILE = "quality.keras"  # the small orientation / inversion network

@@ -379,8 +379,11 @@ def test_lung_outline_share_and_caution(monkeypatch, synthetic_films, hottest):
     assert not at.exception
     assert len(drawn) == 2 and all(d.any() for d in drawn)
     drawn.clear()
-    _set_threshold(at, 1.0)  # heat map hidden: the outline stays on the original
-    assert len(drawn) == 1
+    _set_threshold(at, 1.0)  # heat map hidden: the original keeps its outline, its picture kept
+    assert drawn == []  # (ui.card_pictures: nothing the original shows changed)
+    _toggle(at, "Show lung outline").set_value(False).run()
+    _toggle(at, "Show lung outline").set_value(True).run()
+    assert len(drawn) == 1  # drawn again, on the original only: the heat map is hidden
     assert not any("inside the lungs" in md.value for md in at.markdown)
 
 

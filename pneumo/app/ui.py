@@ -10,6 +10,7 @@ import html
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -38,30 +39,48 @@ ADMIN_PAGES = (  # shown to administrators only (everyone in laptop mode)
     ("pages/audit.py", "Audit", ":material/policy:"),
 )
 PACS_PAGE = ("pages/from_pacs.py", "From PACS", ":material/cloud_download:")  # a PACS configured
-_APP = threading.local()  # .running: the entry script is running a page in this thread
+_APP = threading.local()  # .running: the entry script is running a page in this thread;
+# .memo: values that cannot change within one script run (see _once_per_run)
 
 
 def run_app() -> None:
     """The entry script: page setup, model warm-up, the shared sidebar (threshold, intended use),
     the navigation, then the page asked for."""
-    st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
-    user = access.gate(forget_session)  # sign-in, role, or stop here: nothing below is reachable
-    audit_store()  # opened (tables made) at start-up: a wrong audit database stops here
-    audit_error_notice()
-    explainer()  # once per server: starts loading and warming the model in the background
-    allowed = PAGES[:1] + ((PACS_PAGE,) if pacs_configured() else ()) + PAGES[1:] + (
-        ADMIN_PAGES if user.is_admin else ())
-    pages = [st.Page(script, title=title, icon=icon, default=i == 0)
-             for i, (script, title, icon) in enumerate(allowed)]
-    threshold_slider()
-    intended_use_notice()
-    page = st.navigation(pages)
-    note_page(page.url_path)
-    _APP.running = True
+    _APP.memo = {}  # this run's (see _once_per_run); dropped when the run ends, even by st.stop
     try:
-        page.run()
+        st.set_page_config(page_title="pneumo", page_icon=":material/radiology:", layout="wide")
+        user = access.gate(forget_session)  # sign-in, role, or stop here: nothing below is reachable
+        audit_store()  # opened (tables made) at start-up: a wrong audit database stops here
+        audit_error_notice()
+        explainer()  # once per server: starts loading and warming the model in the background
+        allowed = PAGES[:1] + ((PACS_PAGE,) if pacs_configured() else ()) + PAGES[1:] + (
+            ADMIN_PAGES if user.is_admin else ())
+        pages = [st.Page(script, title=title, icon=icon, default=i == 0)
+                 for i, (script, title, icon) in enumerate(allowed)]
+        threshold_slider()
+        intended_use_notice()
+        page = st.navigation(pages)
+        note_page(page.url_path)
+        _APP.running = True
+        try:
+            page.run()
+        finally:
+            _APP.running = False
     finally:
-        _APP.running = False
+        _APP.memo = None
+
+
+def _once_per_run(key: str, make: Callable[[], object]):
+    """``make()`` once per script run of the entry script (its value is kept until the run
+    ends); called afresh outside one (a widget's callback, a page run alone). For what a page
+    asks for many times per run (the site file's state on every card) and cannot change within
+    it: a change (a site calibration written) is followed by ``st.rerun``."""
+    memo = getattr(_APP, "memo", None)
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
 
 
 def page_setup() -> None:
@@ -309,7 +328,7 @@ def read_new(new: dict[str, tuple[str, bytes]], segmenter=None, quality_checker=
         bar = st.progress(0.0)
         results = reader.read_batch(
             list(new.values()), explainer(), ood_check=ood_detector(),
-            progress=lambda frac, text: bar.progress(min(frac, 1.0), text=text),
+            progress=throttled(lambda frac, text: bar.progress(min(frac, 1.0), text=text)),
             segmenter=segmenter, quality_checker=quality_checker, digests=list(new),
             scope_check=scope_check())
         record_readings([site_reading(r) for r in results])  # one audit record each, first
@@ -320,6 +339,22 @@ def read_new(new: dict[str, tuple[str, bytes]], segmenter=None, quality_checker=
                                                     len(results) if shown is None else shown),
                       state="error" if unreadable == len(results) else "complete")
     return results
+
+
+def throttled(update: Callable[[float, str], None],
+              interval_s: float = config.PROGRESS_INTERVAL_S) -> Callable[[float, str], None]:
+    """``update(fraction, text)`` at most once per ``interval_s`` (the first call and the last,
+    fraction 1, always): each update is a message to the browser, and a reading reports
+    progress per file and per chunk."""
+    last = [float("-inf")]
+
+    def call(fraction: float, text: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or now - last[0] >= interval_s:
+            last[0] = now
+            update(fraction, text)
+
+    return call
 
 
 # --- the PACS (pneumo.io.pacs; the From PACS page is pneumo.app.pacs_ui) ---
@@ -466,9 +501,11 @@ def _stamp(path) -> tuple[int, int] | None:
 
 def site_status() -> site.SiteStatus:
     """The site file in use (or why one is ignored); re-read when it or the model changes."""
-    path = site.site_file()
-    return _site_status(str(path), _stamp(path),
-                        _stamp(config.weights_path(config.MODEL_FILE)))
+    def read() -> site.SiteStatus:
+        path = site.site_file()
+        return _site_status(str(path), _stamp(path), _stamp(config.weights_path(config.MODEL_FILE)))
+
+    return _once_per_run("site_status", read)  # asked for by every card
 
 
 @st.cache_data(show_spinner=False)
@@ -789,7 +826,7 @@ def evidence_lines(probability: float) -> list[str]:
     if cal is not None:
         labels, probs, source = *cal.sample(), "site-sample"
     else:
-        test = predictions("test")
+        test = _once_per_run("test_predictions", lambda: predictions("test"))  # every card
         if test is None:
             return []
         labels, probs, source = test.label, test.probability, "test"
@@ -861,13 +898,91 @@ def card_images(reading: Reading, method: str, opacity: float, threshold: float,
         original = draw_outline(original, edge)
     below = reading.probability < threshold
     if below and not show_below_threshold:
-        return CardImages(original, None, 0.0, f"{method} hidden: below the threshold")
+        return CardImages(original, None, 0.0, _overlay_caption(method, below, hidden=True))
     strength = heatmap_strength(reading.probability, threshold)
     blended = overlay(reading.display, reading.cams[method], opacity * strength)
     if edge is not None:
         blended = draw_outline(blended, edge)
-    caption = f"{method} overlay" + (" (faint: below the threshold)" if below else "")
-    return CardImages(original, blended, strength, caption)
+    return CardImages(original, blended, strength, _overlay_caption(method, below, hidden=False))
+
+
+def _overlay_caption(method: str, below: bool, hidden: bool) -> str:
+    if hidden:
+        return f"{method} hidden: below the threshold"
+    return f"{method} overlay" + (" (faint: below the threshold)" if below else "")
+
+
+@dataclass
+class CardPictures:
+    """:class:`CardImages` encoded for ``st.image``: JPEG bytes, the very bytes Streamlit would
+    make of the arrays (quality 100), so the page shows the same pixels."""
+
+    original: bytes
+    overlay: bytes | None  # None: hidden below the threshold
+    caption: str
+    overlay_png: Callable[[], bytes] | None  # the overlay as PNG, made when downloaded
+
+
+_PICTURES_KEY = "card_pictures"  # card key -> {picture: (what it was drawn with, JPEG bytes)}
+
+
+def kept_jpeg(key: str, picture: str, look: tuple, rgb: Callable[[], np.ndarray]) -> bytes:
+    """The JPEG of ``rgb()`` for one picture of a card, made once per ``look`` (what the picture
+    depends on) and kept in the session: a rerun that changes nothing it shows (another card's
+    toggle, the worklist filter) neither draws nor encodes it again. Only the current look of
+    each picture is kept; :func:`forget_pictures_except` drops cards no longer drawn."""
+    card: dict = st.session_state.setdefault(_PICTURES_KEY, {}).setdefault(key, {})
+    found = card.get(picture)
+    if found is None or found[0] != look:
+        found = card[picture] = (look, _jpeg(rgb()))
+    return found[1]
+
+
+def card_pictures(reading: Reading, key: str, method: str, opacity: float, threshold: float,
+                  show_below_threshold: bool = False, outline: bool = False) -> CardPictures:
+    """:func:`card_images` of the card ``key``, as JPEG kept per look (:func:`kept_jpeg`)."""
+    from functools import cache
+
+    from pneumo.models.explain import heatmap_strength
+
+    outlined = outline and reading.lungs is not None
+    below = reading.probability < threshold
+    hidden = below and not show_below_threshold
+    view = cache(lambda: card_images(reading, method, opacity, threshold, show_below_threshold,
+                                     outline))
+    original = kept_jpeg(key, "original", (reading.digest, outlined), lambda: view().original)
+    shown = None
+    if not hidden:
+        alpha = round(opacity * heatmap_strength(reading.probability, threshold), 6)
+        shown = kept_jpeg(key, "overlay", (reading.digest, outlined, method, alpha),
+                          lambda: view().overlay)
+    else:
+        st.session_state[_PICTURES_KEY][key].pop("overlay", None)
+
+    def overlay_png() -> bytes:  # drawn again: a download is rare, the arrays are not kept
+        drawn = card_images(reading, method, opacity, threshold, show_below_threshold, outline)
+        return png_bytes_later(drawn.overlay)()
+
+    return CardPictures(original, shown, _overlay_caption(method, below, hidden),
+                        None if hidden else overlay_png)
+
+
+def forget_pictures_except(keys: set[str]) -> None:
+    """Drop the kept pictures of every card not in ``keys`` (the cards this run drew)."""
+    store: dict = st.session_state.get(_PICTURES_KEY, {})
+    for key in [k for k in store if k not in keys]:
+        del store[key]
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    """JPEG bytes exactly as ``st.image`` encodes an RGB array (PIL, quality 100)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, dtype="uint8")).save(out, format="JPEG", quality=100)
+    return out.getvalue()
 
 
 def lung_lines(reading: Reading, method: str, threshold: float | None = None
