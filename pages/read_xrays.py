@@ -80,7 +80,7 @@ if len(readings) > 1:
     only = st.toggle(f"Flagged only ({flagged})", key="flagged_only", disabled=not flagged,
                      help="Doubtful (turned, flipped or inverted as uploaded), out of scope (not a "
                           "chest X-ray of the population pneumo was validated on) or not read.")
-    table, columns = ui.worklist_table(rows, current, only)
+    table, columns = ui.kept_worklist_table(rows, current, only)  # kept per rows
     st.dataframe(table, hide_index=True, width="stretch", column_config=columns,
                  column_order=list(columns), height=ui.worklist_height(len(table.data)))
     st.caption("Flagged films come first; a click on a column header sorts by it. A corrected "
@@ -119,7 +119,10 @@ def show_reading(r: reader.Reading, key: str) -> None:
         st.markdown(f"**Reading {ui.OUTSIDE_POPULATION}**: not validated on images like this "
                     "one; do not act on it.")
     label, muted = ui.card_decision(r, threshold)
-    with st.container(key=f"{ui.MUTED_CARD}-{key}" if muted else f"card-{key}"):
+    if not muted:  # no container of its own: it would only hold the columns (one block less)
+        _reading_body(r, key, label, muted)
+        return
+    with st.container(key=f"{ui.MUTED_CARD}-{key}"):  # greyed by ui.card_styles' CSS
         _reading_body(r, key, label, muted)
 
 

@@ -88,6 +88,26 @@ def _decisions(at) -> list[str]:
     return [text.split()[0] for _, text in _badges(at)]
 
 
+def test_the_worklist_is_built_once_per_rows(monkeypatch, synthetic_films):
+    """A rerun that changes nothing in the worklist (a heat-map control) does not build it
+    again; a new threshold does."""
+    from pneumo.app import ui
+
+    built = []
+    make = ui.worklist_table
+    monkeypatch.setattr(ui, "worklist_table", lambda *a, **k: built.append(1) or make(*a, **k))
+    at = _app()
+    at.file_uploader[0].set_value([(f"f{i}.png", png_bytes(synthetic_xray(300, 60 + i)),
+                                    "image/png") for i in range(2)]).run()
+    assert not at.exception, at.exception
+    assert len(built) == 1
+    at.slider(key="cam_opacity").set_value(0.3).run()
+    assert len(built) == 1 and len(at.dataframe) == 1
+    _set_threshold(at, 0.0)
+    assert len(built) == 2
+    assert set(at.dataframe[0].value["decision"]) == {"PNEUMONIA"}
+
+
 def test_upload_shows_probability_overlay_and_errors(synthetic_films):
     at = _app()
     good = png_bytes(synthetic_xray(300, 1))

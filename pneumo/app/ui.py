@@ -1127,6 +1127,21 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
     return styler, {k: v for k, v in columns.items() if k in order}
 
 
+_WORKLIST_KEY = "worklist_table"  # (what it was built from, (Styler, column config))
+
+
+def kept_worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool = False):
+    """:func:`worklist_table`, built once per set of rows (the readings at the threshold, the
+    site's name) and filter and kept in the session: a rerun that changes none of them (a heat-map
+    toggle, the opacity slider) does not build the frame and its Styler again."""
+    made_of = (flagged_only, repr(rows))
+    kept = st.session_state.get(_WORKLIST_KEY)
+    if kept is None or kept[0] != made_of:
+        kept = st.session_state[_WORKLIST_KEY] = (made_of, worklist_table(rows, readings,
+                                                                          flagged_only))
+    return kept[1]
+
+
 def worklist_height(n_rows: int, most: int = 15) -> int:
     """Pixels for the worklist: every row up to ``most``, then it scrolls."""
     return 38 + 35 * max(1, min(n_rows, most))
