@@ -82,7 +82,8 @@ if len(readings) > 1:
                           "chest X-ray of the population pneumo was validated on) or not read.")
     table, columns = ui.kept_worklist_table(rows, current, only)  # kept per rows
     st.dataframe(table, hide_index=True, width="stretch", column_config=columns,
-                 column_order=list(columns), height=ui.worklist_height(len(table.data)))
+                 column_order=list(columns), height=ui.worklist_height(len(table.data)),
+                 placeholder=ui.NO_VALUE)  # a withheld or missing probability, not "None"
     st.caption("Flagged films come first; a click on a column header sorts by it. A corrected "
                "copy's reading replaces the file's own once it has been asked for. The CSV has "
                "the batch command's columns (`python -m pneumo.predict`).")

@@ -701,6 +701,7 @@ def test_worklist_lists_flagged_films_first_never_with_a_bare_decision(monkeypat
         assert bare == (row["trust"] == "Trusted"), row.to_dict()
         assert bool(row["reason"]) == (row["trust"] != "Trusted")
     assert table["probability"][1] != table["probability"][1]  # out of scope: withheld (NaN)
+    assert at.dataframe[0].proto.placeholder == "\u2014"  # shown as a dash, not "None"
     rest = list(table["probability"][3:])
     assert rest == sorted(rest, reverse=True)  # then the highest probability first
     assert table["probability"].dtype.kind == "f"  # a number, shown as text
@@ -825,3 +826,19 @@ def test_two_correction_clicks_in_quick_succession_both_count(shared_data):
     assert not at.exception, at.exception
     assert not any(b.label == "Read it turned the right way" for b in at.button)
     assert [i.value for i in at.info].count(quality.correction_note(["rot90"])) == 2
+
+
+def test_the_worklist_shows_a_dash_where_a_reading_is_withheld_or_missing():
+    """Streamlit showed 'None' for an empty display value; the table says '\u2014' instead."""
+    from pneumo.app import ui
+    from pneumo.reading import reader
+
+    readings = [reader.Reading(name="photo.jpg", digest="a", probability=0.9,
+                               ood_warning="This does not look like a chest X-ray."),
+                reader.Reading(name="broken.png", digest="b", error="not an image"),
+                reader.Reading(name="child.png", digest="c", probability=0.2)]
+    table, _ = ui.worklist_table(reader.worklist_rows(readings, 0.5), readings)
+    html = table.to_html()
+    cells = re.findall(r'<td id="T_\w+_row\d+_col1"[^>]*>([^<]*)</td>', html)  # the probability
+    assert len(cells) == 3 and cells.count(ui.NO_VALUE) == 2, cells
+    assert "None" not in cells and "" not in cells

@@ -1010,6 +1010,7 @@ def empty_heat_map(reading: Reading, method: str) -> str | None:
 
 OUTSIDE_POPULATION = "outside the validated population"
 MUTED_COLOUR = "#8a8f98"
+NO_VALUE = "\u2014"  # shown where the worklist has no number (a withheld or missing reading)
 
 
 def card_decision(reading: Reading, threshold: float) -> tuple[str, bool]:
@@ -1106,7 +1107,7 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
         return [style] * len(row)
 
     styler = frame.style.format({"probability": wording.probability_text,
-                                 "threshold": "{:.3f}"}, na_rep="").apply(tint, axis=1)
+                                 "threshold": "{:.3f}"}, na_rep=NO_VALUE).apply(tint, axis=1)
     col = st.column_config
     columns = {
         "file": col.TextColumn("File", pinned=True),
