@@ -63,13 +63,28 @@ BATCH_IMAGES = 20
 READY = "READY"  # what a cold-start subprocess prints, with its peak RSS, once its first image is done
 TRACING_BATCH_SIZES = (1, 2, 7, 33)  # 33: several internal chunks, the last of 1
 
-# Targets (issue 12, "Speed near the hardware's limit"): pneumo's p50, probability + both heat
-# maps in f32 within 1e-5 of Keras.
-ONE_IMAGE_TARGET_MS = 8.0
-BATCH_PER_IMAGE_TARGET_MS = 5.0
-END_TO_END_TARGET_MS = 800.0  # 20 files with CAMs
-COLD_START_TARGET_MS = 3000.0
 AGREEMENT_TARGET = 1e-5  # largest |probability difference| from Keras
+
+
+@dataclass(frozen=True)
+class SpeedTargets:
+    """pneumo's p50 wall-time targets, models loaded (probability + both heat maps)."""
+
+    one_image_ms: float
+    batch_per_image_ms: float
+    end_to_end_ms: float  # 20 files with CAMs
+    cold_start_ms: float
+
+
+# Issue 12 ("Speed near the hardware's limit") for one model; issue #25's budget for an ensemble
+# of members (its forward pass is K Lite0 passes). The other rows keep their targets.
+SINGLE_MODEL_TARGETS = SpeedTargets(8.0, 5.0, 800.0, 3000.0)
+ENSEMBLE_TARGETS = SpeedTargets(40.0, 30.0, 1500.0, 3000.0)
+
+
+def speed_targets(members: int) -> SpeedTargets:
+    """The targets for a model of ``members`` members (1: a single classifier)."""
+    return SINGLE_MODEL_TARGETS if members <= 1 else ENSEMBLE_TARGETS
 SHARED_TEST = config.SHARED_DATA_DIR / "test"
 
 
@@ -286,19 +301,20 @@ def decode_rows(png: bytes, jpeg: bytes, plan: Plan) -> list[Row]:
     return rows
 
 
-def prediction_rows(model, explainer, images: np.ndarray, plan: Plan) -> list[Row]:
+def prediction_rows(model, explainer, images: np.ndarray, plan: Plan,
+                    targets: SpeedTargets = SINGLE_MODEL_TARGETS) -> list[Row]:
     one = images[0]
     naive = time_ms(lambda: naive_predict(model, one), plan.fast, plan.warmup)
     pneumo = time_ms(lambda: explainer.explain(one), plan.fast, plan.warmup)
     single = Row("prediction, 1 image", "ms", naive, pneumo,
-                 f"pneumo p50 <= {ONE_IMAGE_TARGET_MS:g} ms", pneumo.p50 <= ONE_IMAGE_TARGET_MS,
+                 f"pneumo p50 <= {targets.one_image_ms:g} ms", pneumo.p50 <= targets.one_image_ms,
                  "naive: model.predict, probability only; pneumo: probability + both heat maps")
     n = len(images)
     naive = time_ms(lambda: [naive_predict(model, x) for x in images], plan.batch)
     pneumo = time_ms(lambda: explainer.explain(images, batch_size=n), plan.batch, plan.warmup)
     batch = Row(f"prediction, batch of {n}", "ms", naive, pneumo,
-                f"pneumo p50 <= {BATCH_PER_IMAGE_TARGET_MS:g} ms per image",
-                pneumo.p50 <= BATCH_PER_IMAGE_TARGET_MS * n,
+                f"pneumo p50 <= {targets.batch_per_image_ms:g} ms per image",
+                pneumo.p50 <= targets.batch_per_image_ms * n,
                 f"pneumo {pneumo.p50 / n:.1f} ms per image; naive: {n} model.predict calls; "
                 "pneumo: one batched call, probability + both heat maps")
     return [single, batch]
@@ -317,13 +333,14 @@ def cam_rows(model, explainer, image: np.ndarray, plan: Plan) -> list[Row]:
     return rows
 
 
-def end_to_end_row(model, explainer, detector, files: list[tuple[str, bytes]], plan: Plan) -> Row:
+def end_to_end_row(model, explainer, detector, files: list[tuple[str, bytes]], plan: Plan,
+                   targets: SpeedTargets = SINGLE_MODEL_TARGETS) -> Row:
     from pneumo.reading.reader import read_batch
 
     naive = time_ms(lambda: naive_read(model, files), plan.naive_batch_cams)
     pneumo = time_ms(lambda: read_batch(files, explainer, ood_check=detector), plan.batch_cams)
     return Row(f"batch of {len(files)} files with CAMs, end to end", "ms", naive, pneumo,
-               f"pneumo p50 <= {END_TO_END_TARGET_MS:g} ms", pneumo.p50 <= END_TO_END_TARGET_MS,
+               f"pneumo p50 <= {targets.end_to_end_ms:g} ms", pneumo.p50 <= targets.end_to_end_ms,
                "naive: decode + predict + Grad-CAM per file; pneumo: read_batch (+ Grad-CAM++, OOD)")
 
 
@@ -408,7 +425,8 @@ def end_to_end_parts(explainer, detector, files: list[tuple[str, bytes]], plan: 
     return parts
 
 
-def cold_start_rows(model_path: Path, plan: Plan) -> list[Row]:
+def cold_start_rows(model_path: Path, plan: Plan,
+                    targets: SpeedTargets = SINGLE_MODEL_TARGETS) -> list[Row]:
     runs: dict[str, list[tuple[float, float]]] = {"naive": [], "pneumo": []}
     for _ in range(plan.cold):  # interleaved, so a change in machine load hits both paths alike
         for path, samples in runs.items():
@@ -417,7 +435,7 @@ def cold_start_rows(model_path: Path, plan: Plan) -> list[Row]:
     pneumo = Stats.of([t for t, _ in runs["pneumo"]])
     return [
         Row("cold start to model ready", "ms", Stats.of([t for t, _ in runs["naive"]]), pneumo,
-            f"pneumo p50 <= {COLD_START_TARGET_MS:g} ms", pneumo.p50 <= COLD_START_TARGET_MS,
+            f"pneumo p50 <= {targets.cold_start_ms:g} ms", pneumo.p50 <= targets.cold_start_ms,
             note),
         Row("peak RSS of the cold-start process", "MB", Stats.of([m for _, m in runs["naive"]]),
             Stats.of([m for _, m in runs["pneumo"]]), note="VmHWM of each subprocess at ready"),
@@ -551,6 +569,8 @@ def run(model_path: Path, plan: Plan, batch_size: int = BATCH_IMAGES) -> dict:
     model = load_model(model_path)
     explainer = load_explainer(model_path)  # the serving runtime (builds its cache if needed)
     info["runtime"] = explainer.runtime
+    info["members"] = explainer.head.members
+    targets = speed_targets(explainer.head.members)
     detector = ood.load_detector(model_path.parent / config.OOD_FILE)  # None when there is none
     png, jpeg = png16_bytes(), jpeg_bytes()
     files = batch_files(png, jpeg, batch_size)
@@ -558,14 +578,14 @@ def run(model_path: Path, plan: Plan, batch_size: int = BATCH_IMAGES) -> dict:
     images = np.stack([decoded[data] for _, data in files])
 
     rows = decode_rows(png, jpeg, plan)
-    rows += prediction_rows(model, explainer, images, plan)
+    rows += prediction_rows(model, explainer, images, plan, targets)
     rows += cam_rows(model, explainer, images[0], plan)
-    rows.append(end_to_end_row(model, explainer, detector, files, plan))
+    rows.append(end_to_end_row(model, explainer, detector, files, plan, targets))
     rows.append(audit_row(explainer, detector, files, plan))
     found, skipped = pacs_rows(explainer, detector, batch_size, plan)
     rows += found
     parts = end_to_end_parts(explainer, detector, files, plan)
-    rows += cold_start_rows(model_path, plan)
+    rows += cold_start_rows(model_path, plan, targets)
     real = shared_test_images(plan.agreement_images)
     agree = agreement(model, explainer, real) if real is not None else None
     runtimes = []

@@ -70,3 +70,11 @@ def test_the_pacs_rows_say_why_they_are_skipped_without_orthanc(monkeypatch, tmp
     monkeypatch.setattr(pacs_server.shutil, "which", lambda *args, **kwargs: None)
     rows, reason = bench.pacs_rows(None, None, 3, bench.QUICK)
     assert rows == [] and "Orthanc and its DICOMweb plugin are not installed" in reason
+
+
+def test_an_ensemble_is_held_to_issue_25s_budget_and_one_model_to_issue_12s(monkeypatch):
+    bench = _bench_module(monkeypatch)
+    single, ensemble = bench.speed_targets(0), bench.speed_targets(5)
+    assert (single.one_image_ms, single.batch_per_image_ms, single.end_to_end_ms) == (8, 5, 800)
+    assert (ensemble.one_image_ms, ensemble.batch_per_image_ms, ensemble.end_to_end_ms,
+            ensemble.cold_start_ms) == (40, 30, 1500, 3000)
