@@ -4,7 +4,8 @@ perturbed by 0.1 % (OpenVINO merges identical branches, so every member must dif
 candidate: its probabilities mean nothing.
 
     python benchmarks/recipe_h/stand_in_ensemble.py OUT.keras RUN3.keras H1337.keras H2027.keras HP1337.keras
-    python benchmarks/bench.py --quick --model OUT.keras --out benchmarks/recipe_h/speed_five_member_stand_in.json
+    python benchmarks/bench.py --quick --model OUT.keras \
+        --out benchmarks/recipe_h/speed_five_member_stand_in.json
 """
 
 from __future__ import annotations
