@@ -13,11 +13,16 @@ FOLDER = ROOT / "benchmarks" / "recipe_h"
 RECORDS = sorted([*FOLDER.glob("seed*.json"), *FOLDER.glob("hp_seed*.json")])
 
 
-def _judge():
-    spec = importlib.util.spec_from_file_location("recipe_h_judge", FOLDER / "judge.py")
+def _script(name: str):
+    """A script of benchmarks/recipe_h/ loaded as a module."""
+    spec = importlib.util.spec_from_file_location(f"recipe_h_{name}", FOLDER / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _judge():
+    return _script("judge")
 
 
 def test_the_rule_can_fail():
@@ -44,10 +49,7 @@ def test_each_seed_verdict_follows_from_its_figures(path):
 
 
 def _ensemble_judge():
-    spec = importlib.util.spec_from_file_location("ensemble_judge", FOLDER / "ensemble_judge.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("ensemble_judge")
 
 
 def test_the_ensemble_rule_can_reject():
