@@ -436,13 +436,19 @@ def test_a_stopped_server_is_one_sentence(tmp_path):
                               "is wrong.")
 
 
-def test_a_server_that_never_answers_times_out():
-    with socket.socket() as listener:  # accepts connections (the kernel does) and says nothing
+@contextlib.contextmanager
+def _silent_server_client(timeout: float = 0.5):
+    """A client of a loopback server that accepts connections (the kernel does) and says nothing."""
+    with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
+        listener.listen(16)
         port = listener.getsockname()[1]
-        client = pacs.PacsClient(pacs.PacsSettings(f"http://127.0.0.1:{port}/dicom-web",
-                                                   timeout=0.5))
+        yield pacs.PacsClient(pacs.PacsSettings(f"http://127.0.0.1:{port}/dicom-web",
+                                                timeout=timeout))
+
+
+def test_a_server_that_never_answers_times_out():
+    with _silent_server_client() as client:
         start = time.perf_counter()
         with pytest.raises(pacs.PacsTimeout, match="did not answer within 0.5 s"):
             client.search_studies()
@@ -452,12 +458,7 @@ def test_a_server_that_never_answers_times_out():
 def test_retrievals_not_started_are_dropped_when_the_caller_stops():
     """A page that stops at the first failure (the server gone silent) does not wait for every
     retrieval queued behind it, each until its timeout."""
-    with socket.socket() as listener:  # accepts connections (the kernel does) and says nothing
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        port = listener.getsockname()[1]
-        client = pacs.PacsClient(pacs.PacsSettings(f"http://127.0.0.1:{port}/dicom-web",
-                                                   timeout=0.5))
+    with _silent_server_client() as client:
         refs = [pacs.InstanceRef("1.2.3", "1.2.3.4", f"1.2.3.4.{i}") for i in range(12)]
         start = time.perf_counter()
         items = client.retrieve_all(refs, workers=2, ahead=10)
