@@ -71,3 +71,17 @@ def test_the_ensemble_verdict_follows_from_its_figures():
     worse = judge.conditions(record["ensemble"], list(record["members"].values()))
     assert record["ensemble_worse_than_members_mean"] == worse
     assert record["rejected"] == any(worse.values())
+
+
+MEMBERS = sorted(FOLDER.glob("member_seed*.json"))
+
+
+@pytest.mark.parametrize("path", MEMBERS, ids=[p.stem for p in MEMBERS])
+def test_each_member_record_is_a_declared_seed_with_its_first_epoch_flag(path):
+    from pneumo import config
+
+    record = json.loads(path.read_text())
+    assert record["seed"] in (*config.ENSEMBLE_SEEDS, *config.ENSEMBLE_SPARE_SEEDS)
+    first = record["training"]["checkpoint"]["best_epoch"] == config.ENSEMBLE_FAILED_BEST_EPOCH
+    assert record["checkpoint_at_first_epoch"] == first
+    assert 0 < record["validation"]["val_log_loss"] < 1
