@@ -86,9 +86,10 @@ def kaggle_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_site_calibration(tmp_path_factory, monkeypatch):
-    """No test sees a site calibration file of this machine: the site folder is an empty
-    temporary one, unless a test points ``PNEUMO_SITE_DIR`` elsewhere."""
-    monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "no-site"))
+    """No test sees a site calibration file of this machine or of another test: the site folder
+    is an empty temporary one of its own, unless a test points ``PNEUMO_SITE_DIR`` elsewhere.
+    (One shared folder let a test that saved a site file calibrate every later test's app.)"""
+    monkeypatch.setenv(config.SITE_DIR_ENV, str(tmp_path_factory.mktemp("no-site")))
 
 
 def run_app():
