@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from judge import read_pneumonia, reencoding_abs_dp_p95_mean, val_log_loss  # noqa: E402
+
 MEASURES = ("val_log_loss", "reencoding_abs_dp_p95_mean", "flip_equivariance")
 # For each measure, is a higher value worse? (log loss and |dp|: yes; flip equivariance: no)
 HIGHER_IS_WORSE = {"val_log_loss": True, "reencoding_abs_dp_p95_mean": True,
@@ -26,14 +31,10 @@ HIGHER_IS_WORSE = {"val_log_loss": True, "reencoding_abs_dp_p95_mean": True,
 
 def figures(run: Path, heatmaps: Path, robustness: Path) -> dict[str, float]:
     """One model's three validation figures of the rule."""
-    training = json.loads((run / "training.json").read_text())
-    transforms = json.loads(robustness.read_text())["transforms"]
-    pneumonia = json.loads(heatmaps.read_text())["heatmaps"]["val"]["PNEUMONIA"]
     return {
-        "val_log_loss": training["calibration"]["val_log_loss_original_images"],
-        "reencoding_abs_dp_p95_mean": sum(t["abs_dp_p95"] for t in transforms.values())
-        / len(transforms),
-        "flip_equivariance": pneumonia["flip_equivariance"]["mean"],
+        "val_log_loss": val_log_loss(json.loads((run / "training.json").read_text())),
+        "reencoding_abs_dp_p95_mean": reencoding_abs_dp_p95_mean(robustness),
+        "flip_equivariance": read_pneumonia(heatmaps)["flip_equivariance"]["mean"],
     }
 
 

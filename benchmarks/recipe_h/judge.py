@@ -25,6 +25,31 @@ RECIPES = {"H": ("H: run 3's recipe + --hflip 0.5", "--hflip 0.5", "seed"),
            "HP": ("HP: H + --lung-penalty 0.1", "--hflip 0.5 --lung-penalty 0.1", "hp_seed")}
 
 
+def val_log_loss(training: dict) -> float:
+    """A run's calibrated validation log loss (its ``training.json``), the rules' measure."""
+    return training["calibration"]["val_log_loss_original_images"]
+
+
+def read_pneumonia(heatmaps: Path) -> dict:
+    """The PNEUMONIA validation section of a ``benchmarks/heatmaps.py --split val`` result."""
+    return json.loads(heatmaps.read_text())["heatmaps"]["val"]["PNEUMONIA"]
+
+
+def pneumonia_figures(pneumonia: dict) -> dict[str, float]:
+    """The heat-map figures the records keep, from :func:`read_pneumonia`'s section."""
+    return {"flip_equivariance": pneumonia["flip_equivariance"]["mean"],
+            "unflipped_correlation": pneumonia["unflipped_correlation"]["mean"],
+            "side_preference": pneumonia["side_preference"]["right_share"],
+            "diversity": pneumonia["diversity"]["mean"],
+            "occlusion_faithfulness": pneumonia["occlusion_faithfulness"]["mean"]}
+
+
+def reencoding_abs_dp_p95_mean(robustness: Path) -> float:
+    """Mean over the re-encodings of |dp| p95 in a ``benchmarks/robustness.py`` result."""
+    transforms = json.loads(robustness.read_text())["transforms"]
+    return sum(t["abs_dp_p95"] for t in transforms.values()) / len(transforms)
+
+
 def conditions(figures: dict, rule: dict = RULE) -> dict[str, bool]:
     low, high = rule["side_preference_range"]
     return {
@@ -45,16 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     rule = RULES[args.recipe]
     what, flags, prefix = RECIPES[args.recipe]
     training = json.loads((args.run / "training.json").read_text())
-    pneumonia = json.loads(args.heatmaps.read_text())["heatmaps"]["val"]["PNEUMONIA"]
-    figures = {
-        "val_log_loss": training["calibration"]["val_log_loss_original_images"],
-        "flip_equivariance": pneumonia["flip_equivariance"]["mean"],
-        "unflipped_correlation": pneumonia["unflipped_correlation"]["mean"],
-        "side_preference": pneumonia["side_preference"]["right_share"],
-        "diversity": pneumonia["diversity"]["mean"],
-        "occlusion_faithfulness": pneumonia["occlusion_faithfulness"]["mean"],
-        "peak_image_right_share": pneumonia["peak_side"]["right_share"],
-    }
+    pneumonia = read_pneumonia(args.heatmaps)
+    figures = {"val_log_loss": val_log_loss(training), **pneumonia_figures(pneumonia),
+               "peak_image_right_share": pneumonia["peak_side"]["right_share"]}
     met = conditions(figures, rule)
     record = {"recipe": what, "recipe_key": args.recipe, "seed": args.seed,
               "command": f"python -m pneumo.train --data ../shared/data/chest_xray --out DIR "

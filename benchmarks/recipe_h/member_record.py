@@ -14,9 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from pneumo import config
+
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from judge import (  # noqa: E402
+    pneumonia_figures,
+    read_pneumonia,
+    reencoding_abs_dp_p95_mean,
+    val_log_loss,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,10 +36,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
     training = json.loads((args.run / "training.json").read_text())
-    pneumonia = json.loads((HERE / f"hp_heatmaps_val_seed{args.seed}.json").read_text()
-                           )["heatmaps"]["val"]["PNEUMONIA"]
-    transforms = json.loads((HERE / f"hp_robustness_val_seed{args.seed}.json").read_text()
-                            )["transforms"]
     record = {
         "seed": args.seed,
         "recipe": "HP: run 3's recipe + --hflip 0.5 --lung-penalty 0.1",
@@ -36,16 +43,13 @@ def main(argv: list[str] | None = None) -> None:
                    f"--hflip 0.5 --lung-penalty 0.1 --seed {args.seed}",
         "training": {"checkpoint": training.get("checkpoint"),
                      "duration_minutes": training.get("duration_minutes")},
-        "checkpoint_at_first_epoch": training.get("checkpoint", {}).get("best_epoch") == 1,
+        "checkpoint_at_first_epoch": (training.get("checkpoint", {}).get("best_epoch")
+                                      == config.ENSEMBLE_FAILED_BEST_EPOCH),
         "validation": {
-            "val_log_loss": training["calibration"]["val_log_loss_original_images"],
-            "flip_equivariance": pneumonia["flip_equivariance"]["mean"],
-            "unflipped_correlation": pneumonia["unflipped_correlation"]["mean"],
-            "side_preference": pneumonia["side_preference"]["right_share"],
-            "diversity": pneumonia["diversity"]["mean"],
-            "occlusion_faithfulness": pneumonia["occlusion_faithfulness"]["mean"],
-            "reencoding_abs_dp_p95_mean": sum(t["abs_dp_p95"] for t in transforms.values())
-            / len(transforms),
+            "val_log_loss": val_log_loss(training),
+            **pneumonia_figures(read_pneumonia(HERE / f"hp_heatmaps_val_seed{args.seed}.json")),
+            "reencoding_abs_dp_p95_mean": reencoding_abs_dp_p95_mean(
+                HERE / f"hp_robustness_val_seed{args.seed}.json"),
         },
     }
     (HERE / f"member_seed{args.seed}.json").write_text(json.dumps(record, indent=1) + "\n")
