@@ -6,17 +6,19 @@ back (an SR found again in the study)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from pacs_server import PASSWORD, PATIENT_NAME, USER, Orthanc, load_studies
 from test_pacs_app import _direct
-from test_signin_browser import CHROMIUM, CHROMIUM_FLAGS, USERS, _free_port, _sign_in, _wait_http
+from test_signin_browser import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    _sign_in,
+    app_behind_sign_in,
+    skip_without_browser_or_idp,
+)
 
 from pneumo import audit
 from pneumo.reading import dicom_results, wording
@@ -33,51 +35,12 @@ def orthanc(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, orthanc, shared_data):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock not installed "
-                                                     "(requirements-dev.txt)")
+    skip_without_browser_or_idp()
     loaded = load_studies(orthanc.client(), shared_data)
-    work = tmp_path_factory.mktemp("pacs-browser")
-    idp_port, app_port = _free_port(), _free_port()
-    idp_cmd = [sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port",
-               str(idp_port)]
-    for user in USERS:
-        idp_cmd += ["--user-claims", json.dumps(user)]
-    idp_log = work / "idp.log"
-    procs = [subprocess.Popen(idp_cmd, stdout=idp_log.open("w"), stderr=subprocess.STDOUT)]
-    idp_url = f"http://127.0.0.1:{idp_port}"
-    try:
-        _wait_http(f"{idp_url}/.well-known/openid-configuration", procs[0], idp_log)
-        app_url = f"http://127.0.0.1:{app_port}"
-        secrets = work / "secrets.toml"
-        secrets.write_text(
-            "[auth]\n"
-            f'redirect_uri = "{app_url}/oauth2callback"\n'
-            f'cookie_secret = "{os.urandom(24).hex()}"\n'
-            'client_id = "pneumo"\nclient_secret = "pneumo-secret"\n'
-            f'server_metadata_url = "{idp_url}/.well-known/openid-configuration"\n'
-            "[pacs]\n"
-            f'url = "{orthanc.url}"\nusername = "{USER}"\npassword = "{PASSWORD}"\n')
-        audit_url = f"sqlite:///{work}/audit.sqlite3"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMO_PACS_")}
-        env.update({"PNEUMO_AUDIT_URL": audit_url, "PYTHONPATH": str(ROOT)})
-        app_log = work / "server.log"
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
-             "--server.port", str(app_port), "--server.address", "127.0.0.1",
-             "--secrets.files", str(secrets)],
-            cwd=ROOT, env=env, stdout=app_log.open("w"), stderr=subprocess.STDOUT))
-        _wait_http(f"{app_url}/_stcore/health", procs[1], app_log)
-        yield {"url": app_url, "audit": audit_url, "log": app_log, "loaded": loaded}
-    finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    pacs = f'[pacs]\nurl = "{orthanc.url}"\nusername = "{USER}"\npassword = "{PASSWORD}"\n'
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PNEUMO_PACS_")}
+    with app_behind_sign_in(tmp_path_factory.mktemp("pacs-browser"), pacs, environ) as server:
+        yield {**server, "loaded": loaded}
 
 
 def test_a_reader_reads_a_study_from_orthanc_and_sends_its_results(app, orthanc):

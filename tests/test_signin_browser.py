@@ -6,6 +6,7 @@ page; a user with neither role gets "No access"."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -52,14 +53,12 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120
     pytest.fail(f"{url} did not answer:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def signin_server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock not installed "
-                                                     "(requirements-dev.txt)")
-    work = tmp_path_factory.mktemp("signin")
+@contextlib.contextmanager
+def app_behind_sign_in(work: Path, extra_secrets: str = "", environ: dict | None = None):
+    """The app with ``[auth]`` against oidc-provider-mock (:data:`USERS`), both on free loopback
+    ports, its audit trail in ``work``; yields its url, audit database and log. ``extra_secrets``:
+    more of secrets.toml (e.g. a ``[pacs]`` section); ``environ``: the app's environment
+    (default this process's)."""
     idp_port, app_port = _free_port(), _free_port()
     idp_cmd = [sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port",
                str(idp_port)]
@@ -78,9 +77,11 @@ def signin_server(tmp_path_factory):
             f'redirect_uri = "{app_url}/oauth2callback"\n'
             f'cookie_secret = "{os.urandom(24).hex()}"\n'
             'client_id = "pneumo"\nclient_secret = "pneumo-secret"\n'
-            f'server_metadata_url = "{idp_url}/.well-known/openid-configuration"\n')
+            f'server_metadata_url = "{idp_url}/.well-known/openid-configuration"\n'
+            + extra_secrets)
         audit_url = f"sqlite:///{work}/audit.sqlite3"
-        env = {**os.environ, "PNEUMO_AUDIT_URL": audit_url, "PYTHONPATH": str(ROOT)}
+        env = {**(os.environ if environ is None else environ), "PNEUMO_AUDIT_URL": audit_url,
+               "PYTHONPATH": str(ROOT)}
         app_log = work / "server.log"
         app = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
@@ -97,6 +98,22 @@ def signin_server(tmp_path_factory):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def skip_without_browser_or_idp() -> None:
+    """Skip, with the reason, where Chromium, playwright or oidc-provider-mock is missing."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    pytest.importorskip("oidc_provider_mock", reason="oidc-provider-mock not installed "
+                                                     "(requirements-dev.txt)")
+
+
+@pytest.fixture(scope="module")
+def signin_server(tmp_path_factory):
+    skip_without_browser_or_idp()
+    with app_behind_sign_in(tmp_path_factory.mktemp("signin")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
