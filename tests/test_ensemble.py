@@ -112,6 +112,22 @@ def test_ood_features_of_an_ensemble_are_its_first_members(members, ensemble):
                                atol=1e-5)
 
 
+def test_population_features_of_an_ensemble_are_its_first_members_as_the_reader_sees_them(
+        members, ensemble):
+    """The population check is fitted on the features the app later scores: an ensemble's first
+    member's pooled channels, not all members' side by side."""
+    from pneumo.cli.population import pooled
+    from pneumo.models.explain import CamExplainer
+
+    x = _images(2).astype("uint8")
+    explainer = CamExplainer(ensemble)
+    fitted_on = pooled(explainer, x)
+    assert fitted_on.shape == (2, 1280)
+    np.testing.assert_allclose(fitted_on, pooled(CamExplainer(members[0]), x), atol=1e-5)
+    np.testing.assert_allclose(fitted_on, np.stack([e.features for e in explainer.explain(x)]),
+                               atol=1e-6)
+
+
 def test_a_head_that_mixes_the_members_channels_is_refused(members):
     from pneumo.models.ensemble import build_ensemble
     from pneumo.models.explain import Head

@@ -31,6 +31,7 @@ from pneumo.data.older import layout_problem as older_problem
 from pneumo.data.splits import layout_problem, load_arrays, load_splits
 from pneumo.io.images import load_image
 from pneumo.models.classifier import model_problem
+from pneumo.models.explain import scope_features
 from pneumo.models.ood import augmented_copies
 from pneumo.models.population import PopulationCheck, fit_logistic, threshold_for
 
@@ -47,7 +48,7 @@ def pooled(explainer, images, batch: int = 64) -> np.ndarray:
     for chunk in chunks:
         for i in range(0, len(chunk), batch):
             feats = explainer.forward(np.ascontiguousarray(chunk[i:i + batch]))[2]
-            out.append(feats.reshape(len(feats), -1, feats.shape[-1]).mean(axis=1))
+            out.append(scope_features(feats, explainer.head))
     return np.concatenate(out).astype("float32")
 
 
@@ -169,7 +170,8 @@ def refit(data: Path, older_dir: Path, weights: Path = config.WEIGHTS_DIR,
     check = PopulationCheck(mean, scale, coef, intercept, threshold)
     check.save(Path(weights) / config.POPULATION_FILE)
     record = {
-        "features": "pooled features of the bundled classifier (avg_pool, 1280)",
+        "features": ("pooled features of the bundled classifier (avg_pool, 1280; an ensemble's "
+                     "first member's)"),
         "model": "standardised L2 logistic regression, balanced classes (scikit-learn)",
         "c": best_c, "c_grid": list(C_GRID), "threshold": threshold,
         "rule": (f"patient-grouped {FOLDS}-fold CV; threshold flags at most "

@@ -207,9 +207,17 @@ def explanations(probabilities: np.ndarray, logits: np.ndarray, features: np.nda
     gradient = head.gradient(h, w)
     cam = gradcam_from_features(features, gradient)
     cam_pp = gradcam_plus_plus_from_features(features, gradient, head.scores(logits))
-    pooled = features.mean(axis=(1, 2))
+    pooled = scope_features(features, head)
     return [Explanation(float(p), {METHODS[0]: c, METHODS[1]: cpp}, f)
             for p, c, cpp, f in zip(np.ravel(probabilities), cam, cam_pp, pooled)]
+
+
+def scope_features(features: np.ndarray, head: Head) -> np.ndarray:
+    """The pooled features the OOD and scope checks read, from a last feature map (N, h, w, C):
+    the global average of all channels, for an ensemble only its first member's (N, C / K)."""
+    features = np.asarray(features)
+    channels = features.shape[-1] // max(head.members, 1)
+    return features[..., :channels].mean(axis=(1, 2))
 
 
 def _ensemble_explanations(probabilities: np.ndarray, features: np.ndarray,
