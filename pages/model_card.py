@@ -127,9 +127,9 @@ else:
     st.info("No heat-map figures yet: run `python -m pneumo.evaluate --data PATH`.")
 
 st.subheader("Training")
-hist = ui.history()
+hist = ui.history()  # None for an ensemble: its members each have their own
+left, right = st.columns(2)
 if hist:
-    left, right = st.columns(2)
     left.plotly_chart(charts.training_curves(hist, "loss"), width="stretch")
     right.plotly_chart(charts.training_curves(hist, "auc"), width="stretch")
     if hist.get("val_outside") and any(v is not None for v in hist["val_outside"]):

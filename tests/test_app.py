@@ -212,6 +212,18 @@ def test_model_card_renders():
     assert any("not a diagnosis" in md.value for md in at.markdown)
 
 
+
+def test_model_card_renders_without_training_curves(monkeypatch):
+    """An ensemble has no history.csv of its own (each member has one): the card still shows
+    the class balance and the training facts, without the curves."""
+    from pneumo.app import ui
+
+    monkeypatch.setattr(ui, "history", lambda: None)
+    at = _app()
+    at.switch_page(CARD_PAGE).run()
+    assert not at.exception, at.exception
+    assert any("Architecture" in md.value for md in at.markdown)
+
 CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", "test-artifacts", ".ruff_cache")
 
 
