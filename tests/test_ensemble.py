@@ -104,6 +104,17 @@ def test_ensemble_maps_are_the_mean_of_the_members_own_maps(members, ensemble):
     assert Head.from_arrays(single.arrays()).member_kernels is None
 
 
+def test_library_reference_of_an_ensemble_is_the_mean_of_its_members_maps(members, ensemble):
+    """tf-keras-vis on each member's own score inside the ensemble gives that member's map, so
+    the reference the runtime tests compare with is the declared heat map."""
+    from pneumo.models.explain import METHODS, library_cams
+
+    x = _images(2)
+    for method in METHODS:
+        expected = np.mean([library_cams(m, x, method) for m in members], axis=0)
+        np.testing.assert_allclose(library_cams(ensemble, x, method), expected, atol=1e-5)
+
+
 def test_ood_features_of_an_ensemble_are_its_first_members(members, ensemble):
     from pneumo.models.ood import pooled_features
 

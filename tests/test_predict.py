@@ -11,8 +11,9 @@ import pytest
 from conftest import jpeg_bytes, png_bytes, synthetic_xray
 from PIL import Image
 
+from pneumo import config
 from pneumo.cli import predict
-from pneumo.evaluation.artifacts import round_threshold
+from pneumo.evaluation.artifacts import read_training_dict, round_threshold
 from pneumo.reading import reader
 
 GOOD = ("a.png", "b.jpg", "scans/c.png", "scans/deeper/d.JPEG")
@@ -263,7 +264,15 @@ def test_csv_keeps_its_columns_and_adds_quality_and_corrected(quality_runs):
                                     "lung_warning", "error", "notes", "cam_file")
     assert predict.COLUMNS[13:] == ("quality", "corrected", "calibration", "bundled_probability",
                                     "older_score", "members_pneumonia", "members_disagree")
-    assert [(r["members_pneumonia"], r["members_disagree"]) for r in rows] == [("", "False")] * len(rows)
+    members = len(read_training_dict().get("members") or [])
+    votes = [(r["members_pneumonia"], r["members_disagree"]) for r in rows if r["probability_pneumonia"]]
+    assert votes
+    if not members:
+        assert votes == [("", "False")] * len(votes)
+    for count, disagree in votes if members else ():  # "k of K", a 3-2 (or closer) vote disagrees
+        k, of, total = count.split()
+        assert of == "of" and int(total) == members and 0 <= int(k) <= members
+        assert disagree == str(min(int(k), members - int(k)) >= config.MEMBERS_DISAGREE_MINORITY)
 
 
 def test_quality_column_and_auto_correct(quality_runs):

@@ -308,23 +308,35 @@ def library_cams(model, images: np.ndarray, method: str = METHODS[0]) -> np.ndar
     This is the naive per-call path (it clones the model); the benchmark and tests use it.
     The clone is made here rather than by tf-keras-vis: its ``clone=True`` copies weights with
     ``set_weights``, which leaves Keras 3's Normalization layer unfinalised (wrong input scale).
+    For an ensemble it is the declared heat map, the plain mean of the members' maps: member
+    m's is tf-keras-vis on its own calibrated score (``member_scores[:, m]``), whose gradient
+    reaches only its own channels of the joint feature map.
     """
     import keras
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
+    from pneumo.models.ensemble import member_count
+
     cls = Gradcam if method == METHODS[0] else GradcamPlusPlus
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    for layer in clone.layers:
-        if isinstance(layer, keras.layers.Normalization):
-            layer.finalize_state()
-    cam = cls(clone, model_modifier=ReplaceToLinear(), clone=False)
-    maps = cam(lambda output: output[:, 0], np.asarray(images, dtype="float32"),
-               penultimate_layer=config.CAM_LAYER, seek_penultimate_conv_layer=False,
-               expand_cam=False)
-    return np.asarray(maps)
+    members = member_count(model)
+    if members == 1:
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        for layer in clone.layers:
+            if isinstance(layer, keras.layers.Normalization):
+                layer.finalize_state()
+        cam = cls(clone, model_modifier=ReplaceToLinear(), clone=False)
+    else:  # a fresh view ending at the members' linear scores: nothing to modify, so no clone
+        # (a clone of the nested member models would leave their Normalization unfinalised)
+        cam = cls(keras.Model(model.input, model.get_layer(config.MEMBER_SCORES_LAYER).output),
+                  clone=False)
+    images = np.asarray(images, dtype="float32")
+    maps = [cam(lambda output, m=m: output[:, m], images, penultimate_layer=config.CAM_LAYER,
+                seek_penultimate_conv_layer=False, expand_cam=False)
+            for m in range(members)]
+    return np.mean(np.asarray(maps), axis=0)
 
 
 def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
