@@ -144,6 +144,20 @@ def test_the_card_and_the_worklist_say_when_the_models_disagree(monkeypatch):
     assert list(at.dataframe[0].value["members"]) == ["1 of 5"] * 2
 
 
+
+def test_the_worklist_withholds_the_vote_of_an_out_of_scope_film():
+    """An out-of-scope film's reading is withheld in the worklist; its models' vote with it
+    ("5 of 5" beside an adult's film would be the answer pneumo declines to give)."""
+    from pneumo.app import ui
+
+    refused = _reading(name="adult.png", ood_warning="This does not look like a chest X-ray.",
+                       member_probabilities=np.array([0.9, 0.8, 0.7, 0.6, 0.55]))
+    shown = _reading(name="child.png", member_probabilities=np.array([0.9, 0.8, 0.7, 0.6, 0.55]))
+    rows = reader.worklist_rows([refused, shown], 0.5)
+    assert refused.trust.state == "out_of_scope"
+    table, _ = ui.worklist_table(rows, [refused, shown])
+    assert table.data.set_index("file")["members"].to_dict() == {"adult.png": "", "child.png": "5 of 5"}
+
 def test_model_card_lines_name_the_members_only_for_an_ensemble():
     from pneumo.reading.wording import ensemble_card_lines
 

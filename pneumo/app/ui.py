@@ -1092,13 +1092,16 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
              "warning"]
     if any(row.get("members_pneumonia") for row in rows):  # an ensemble: its models' vote
         order.insert(4, "members")
+    def withheld(row) -> bool:  # an out-of-scope film's reading is withheld here as on its card
+        return row["trust"] == trust_states.OUT_OF_SCOPE
+
     frame = pd.DataFrame([{
-        "file": row["file"],  # an out-of-scope film's reading is withheld here as on its card
-        "probability": None if row["trust"] == trust_states.OUT_OF_SCOPE else row["probability_pneumonia"],
+        "file": row["file"],
+        "probability": None if withheld(row) else row["probability_pneumonia"],
         "decision": row["decision"], "trust": row["trust_label"], "reason": row["reason"],
         "threshold": row["threshold"], "corrected": row["corrected"], "warning": row["warning"],
-        "members": row.get("members_pneumonia", "") + (" \u2014 disagree" if row.get("members_disagree")
-                                                       else ""),
+        "members": "" if withheld(row) else row.get("members_pneumonia", "") + (
+            " \u2014 disagree" if row.get("members_disagree") else ""),
     } for row in chosen], columns=order)
     trusted = trust_states.LABELS[trust_states.TRUSTED]
 
