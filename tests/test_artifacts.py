@@ -29,3 +29,16 @@ def test_ood_figures_of_the_bundled_metrics_match_the_full_reader():
     if not config.weights_path(config.METRICS_FILE).exists():
         pytest.skip("no bundled metrics.json")
     assert artifacts.read_ood_figures() == artifacts.read_metrics().ood
+
+
+def test_training_record_names_the_mirror_only_when_training_used_it():
+    """The model card's training line comes from here: a recipe with --hflip says so."""
+    record = json.loads(config.weights_path(config.TRAINING_FILE).read_text()) \
+        if config.weights_path(config.TRAINING_FILE).exists() else None
+    if record is None:
+        pytest.skip("no bundled training.json")
+    record["config"]["hflip"] = 0.5
+    assert artifacts.TrainingRecord.from_dict(record).augmentation.endswith(
+        "; left-right mirror with probability 0.5")
+    record["config"]["hflip"] = 0.0
+    assert "mirror" not in artifacts.TrainingRecord.from_dict(record).augmentation

@@ -185,7 +185,9 @@ class TrainingRecord:
             head_only_val_auc=float(d["head_only_val_auc"]), best_epoch=d.get("best_epoch"),
             best_val_loss=d.get("best_val_loss"), best_val_auc=d.get("best_val_auc"),
             kept=d.get("checkpoint", {}).get("chosen", "best_epoch").replace("_", " "),
-            augmentation=d["config"].get("augmentation", "mild augmentation"),
+            augmentation=d["config"].get("augmentation", "mild augmentation") + (
+                f"; left-right mirror with probability {d['config']['hflip']:g}"
+                if d["config"].get("hflip") else ""),
             lung_penalty=float(d["config"].get("lung_penalty", 0.0)),
             calibration=Calibration(cal["method"], float(cal["scale"]), float(cal["bias"]),
                                     cal.get("fitted_on", "validation images")),
