@@ -135,7 +135,7 @@ if hist:
     if hist.get("val_outside") and any(v is not None for v in hist["val_outside"]):
         left.plotly_chart(charts.training_curves(hist, "outside"), width="stretch")
 if training:
-    right.plotly_chart(charts.class_balance(training.splits), width="stretch")
+    (right if hist else left).plotly_chart(charts.class_balance(training.splits), width="stretch")
 if training:
     model_file = config.weights_path(config.MODEL_FILE)
     size_mb = model_file.stat().st_size / 1e6 if model_file.exists() else float("nan")
