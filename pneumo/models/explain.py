@@ -214,7 +214,9 @@ def explanations(probabilities: np.ndarray, logits: np.ndarray, features: np.nda
 
 def scope_features(features: np.ndarray, head: Head) -> np.ndarray:
     """The pooled features the OOD and scope checks read, from a last feature map (N, h, w, C):
-    the global average of all channels, for an ensemble only its first member's (N, C / K)."""
+    the global average of all channels, for an ensemble only its first member's (N, C / K).
+    The same rule as :func:`pneumo.models.ensemble.first_member_pooled` (a Keras tensor there);
+    :func:`_ensemble_explanations` gets it as its first member's pooled features."""
     features = np.asarray(features)
     channels = features.shape[-1] // max(head.members, 1)
     return features[..., :channels].mean(axis=(1, 2))
