@@ -24,6 +24,7 @@ from pneumo.io import pacs
 
 USER, PASSWORD = "pneumo-test", "s3cret-pw"
 PATIENT_NAME = "Zyxtest^Pacsname"
+SHOWN_NAME = "Zyxtest, Pacsname"  # PATIENT_NAME as the PACS page shows it
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 

@@ -82,6 +82,20 @@ def test_the_batch_command_without_a_pacs_contacts_nothing(tmp_path, monkeypatch
     assert not (tmp_path / "r.csv").exists()
 
 
+@pytest.mark.parametrize("name, shown", [
+    ("DOE^JANE^^^", "DOE, JANE"),
+    ("DOE^JANE^MARY", "DOE, JANE MARY"),
+    ("DOE^JOHN^A^DR^JR", "DOE, DR JOHN A JR"),
+    ("DOE^^^^", "DOE"),
+    ("^JANE", "JANE"),
+    ("^^^^", ""),
+    ("Jane Doe", "Jane Doe"),  # no caret: as it is
+    ("", ""),
+])
+def test_a_person_name_is_shown_without_its_carets(name, shown):
+    assert pacs.readable_name(name) == shown
+
+
 # -- DICOM results (no server) ----------------------------------------------------------------
 
 def dciodvfy_errors(dataset, folder: Path) -> list[str]:
@@ -234,6 +248,30 @@ def test_many_instances_are_retrieved_at_once_in_order_and_a_missing_one_is_its_
         assert p.reading.trust == expected.trust
 
 
+def test_a_missing_image_is_said_to_be_missing_not_a_wrong_address(loaded, orthanc):
+    """An HTTP 404 for an image asked for by its UID says the PACS does not have that image;
+    only a 404 on a search (nothing named) points at the address."""
+    client = orthanc.client()
+    study = loaded["studies"]["A"]
+    (real,) = client.frontal_images(study)
+    gone = pacs.InstanceRef(study, real.series_instance_uid, "1.2.826.0.1.3680043.8.498.999999")
+    for retrieve in (client.retrieve, client.retrieve_dataset):
+        with pytest.raises(pacs.PacsNotFound) as err:
+            retrieve(gone)
+        assert str(err.value) == (
+            f"The PACS at http://127.0.0.1:{orthanc.port} does not have image "
+            f"1.2.826.0.1.3680043.8.498.999999 of study {study} (HTTP 404 while retrieving an "
+            "image): it may have been deleted or moved; the connection and the credentials are "
+            "fine.")
+    (item,) = client.retrieve_all([gone])
+    assert isinstance(item, pacs.PacsNotFound) and isinstance(item, pacs.PacsRefused)
+    wrong = pacs.PacsClient(pacs.PacsSettings(orthanc.url.replace("/dicom-web", "/no-such-path"),
+                                              username=USER, password=PASSWORD))
+    with pytest.raises(pacs.PacsRefused, match="check that the address is its DICOMweb") as err:
+        wrong.search_studies()
+    assert not isinstance(err.value, pacs.PacsNotFound)
+
+
 def _run_cli(orthanc, tmp_path: Path, *args: str) -> tuple[int, list[dict], str]:
     """The batch command in this process: its exit code, CSV rows, and everything it printed
     or logged (root at DEBUG)."""
@@ -312,6 +350,25 @@ def test_the_batch_command_leaves_an_audit_trail(sent, loaded, tmp_path_factory)
     assert len(stored) == sum(2 if r["sent"] == "SR+SC" else 1 for r in rows)
     assert all(r["subject"].startswith("os:") for r in records)
     assert PATIENT_NAME.encode() not in db.read_bytes()
+
+
+def test_a_study_whose_images_were_not_retrieved_is_not_recorded_as_retrieved(
+        loaded, orthanc, bundled_model_dir, tmp_path, monkeypatch):
+    """The study's retrieval is recorded after its images came, never before: a study the PACS
+    sent nothing of has no PACS_RETRIEVE record (its rows say why)."""
+    from pneumo import audit
+
+    def ghosts(self, study_instance_uid):
+        return [pacs.InstanceRef(study_instance_uid, "1.2.826.0.1.3680043.8.498.998",
+                                 f"1.2.826.0.1.3680043.8.498.998.{i}") for i in (1, 2)]
+
+    monkeypatch.setattr(pacs.PacsClient, "frontal_images", ghosts)
+    code, rows, text = _run_cli(orthanc, tmp_path, "--accession", "ACC-B")
+    assert code == 0, text
+    assert len(rows) == 2 and all(r["error"] for r in rows)
+    actions = [r["action"] for r in audit.AuditStore(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+               .records()]
+    assert audit.PACS_SEARCH in actions and audit.PACS_RETRIEVE not in actions
 
 
 def _results(client: pacs.PacsClient, study: str, modality: str) -> list:

@@ -13,7 +13,7 @@ from datetime import date
 import pytest
 import streamlit as st
 from conftest import ROOT
-from pacs_server import PASSWORD, PATIENT_NAME, USER, Orthanc, load_studies, store_turned_study
+from pacs_server import PASSWORD, PATIENT_NAME, SHOWN_NAME, USER, Orthanc, load_studies, store_turned_study
 
 from pneumo import audit
 from pneumo.app import pacs_ui
@@ -112,9 +112,9 @@ def test_two_studies_of_a_patient_on_one_day_get_different_names():
     studies = [first, second, *no_accession, untimed]
     labels = [pacs_ui.image_label(s, n) for s in studies for n in (1, 2)]
     assert len(set(labels)) == len(labels)
-    assert pacs_ui.image_label(first, 1) == f"{PATIENT_NAME} \u00b7 2026-12-10 \u00b7 ACC-1 \u00b7 image 1"
+    assert pacs_ui.image_label(first, 1) == f"{SHOWN_NAME} \u00b7 2026-12-10 \u00b7 ACC-1 \u00b7 image 1"
     assert pacs_ui.image_label(no_accession[0], 2) == (
-        f"{PATIENT_NAME} \u00b7 2026-12-10 \u00b7 14:10 study \u2026.498.301 \u00b7 image 2")
+        f"{SHOWN_NAME} \u00b7 2026-12-10 \u00b7 14:10 study \u2026.498.301 \u00b7 image 2")
     assert pacs_ui.image_label(untimed, 1).endswith("\u00b7 study \u2026.498.404 \u00b7 image 1")
 
 
@@ -236,7 +236,7 @@ def test_search_read_a_study_and_send_its_results(orthanc, loaded, bundled_model
     assert set(by_accession) == {"ACC-A", "ACC-B", "ACC-C", "ACC-E"}
     b = by_accession["ACC-B"]
     assert (b["Patient"], b["Patient ID"], b["Birth date"], b["Age"], b["Study date"],
-            b["Frontal images"]) == (PATIENT_NAME, "PID-B", "2023-12-01", "3 y", "2026-12-10", 2)
+            b["Frontal images"]) == (SHOWN_NAME, "PID-B", "2023-12-01", "3 y", "2026-12-10", 2)
     assert by_accession["ACC-E"]["Frontal images"] == 0
     assert "without a frontal chest image" in _texts(at)
     assert list(table["Study date"]) == sorted(table["Study date"], reverse=True)
@@ -248,7 +248,7 @@ def test_search_read_a_study_and_send_its_results(orthanc, loaded, bundled_model
     assert not at.error, [e.value for e in at.error]
     assert "Read 2 images from 1 study" in _texts(at)
 
-    labels = [f"{PATIENT_NAME} \u00b7 2026-12-10 \u00b7 ACC-B \u00b7 image {n}" for n in (1, 2)]
+    labels = [f"{SHOWN_NAME} \u00b7 2026-12-10 \u00b7 ACC-B \u00b7 image {n}" for n in (1, 2)]
     files = {uid: loaded["frontal"][uid] for uid in loaded["by_study"]["B"]}
     direct = {uid: _direct(data) for uid, data in files.items()}
     read = at.session_state[ui.READINGS_KEY]

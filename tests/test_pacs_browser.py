@@ -10,7 +10,7 @@ import os
 
 import pytest
 from conftest import ROOT
-from pacs_server import PASSWORD, PATIENT_NAME, USER, Orthanc, load_studies
+from pacs_server import PASSWORD, PATIENT_NAME, SHOWN_NAME, USER, Orthanc, load_studies
 from test_pacs_app import _direct
 from test_signin_browser import (
     CHROMIUM,
@@ -49,7 +49,7 @@ def test_a_reader_reads_a_study_from_orthanc_and_sends_its_results(app, orthanc)
     loaded = app["loaded"]
     (uid,) = loaded["by_study"]["A"]
     expected = _direct(loaded["frontal"][uid])
-    label = f"{PATIENT_NAME} \u00b7 2026-12-03 \u00b7 ACC-A \u00b7 image 1"
+    label = f"{SHOWN_NAME} \u00b7 2026-12-03 \u00b7 ACC-A \u00b7 image 1"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:

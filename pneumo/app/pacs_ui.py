@@ -79,7 +79,9 @@ def age_at(birth: str, on: str) -> str:
 
 
 def patient_of(study: pacs.Study) -> str:
-    return study.patient_name or study.patient_id or "(no name)"
+    """The patient as every place on this page names them: the readable name
+    (:func:`pneumo.io.pacs.readable_name`), else the patient id."""
+    return pacs.readable_name(study.patient_name) or study.patient_id or "(no name)"
 
 
 def shown_time(value: str) -> str:

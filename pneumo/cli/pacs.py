@@ -33,6 +33,7 @@ from pneumo import audit
 from pneumo.cli import loaders
 from pneumo.cli import rows as row_format
 from pneumo.io import pacs
+from pneumo.reading.pacs_reading import PacsReading
 from pneumo.reading.pacs_results import Sender
 from pneumo.reading.reader import Reading
 
@@ -109,6 +110,13 @@ def row(reading: Reading, ref: pacs.InstanceRef, threshold: float, calibration: 
             **{k: cells[k] for k in COLUMNS if k in cells}, "sent": sent}
 
 
+def newly_retrieved(chunk: Sequence[PacsReading], recorded: set[str]) -> list[str]:
+    """The studies, in order, with an instance of ``chunk`` the PACS sent and no retrieval
+    recorded yet (a study none of whose instances came is never recorded as retrieved)."""
+    return list(dict.fromkeys(item.ref.study_instance_uid for item in chunk
+                              if item.retrieved and item.ref.study_instance_uid not in recorded))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -171,12 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     scope_check = loaders.load_scope_check()
     sender = Sender(client, threshold, calibration_name,
                     record=lambda new: trail.record(audit.PACS_SEND, new=new)) if args.send else None
-    for study in dict.fromkeys(ref.study_instance_uid for ref in images):  # one record each,
-        trail.record(audit.PACS_RETRIEVE, new={"study_instance_uid": study})  # before retrieval
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     failures = 0
+    retrieved: set[str] = set()  # studies with a PACS_RETRIEVE record
     with args.out.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -184,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     ood_check=detector, segmenter=segmenter,
                                     quality_checker=checker, scope_check=scope_check,
                                     auto_correct=args.auto_correct):
+            for study in newly_retrieved(chunk, retrieved):  # once each, after retrieval
+                trail.record(audit.PACS_RETRIEVE, new={"study_instance_uid": study})
+                retrieved.add(study)
             shown = [site.calibrate_reading(item.reading, calibration) for item in chunk]
             trail.readings(shown, threshold)
             for item, reading in zip(chunk, shown):

@@ -82,6 +82,10 @@ class PacsRefused(PacsError):
     """The server answered with an error or something pneumo cannot use."""
 
 
+class PacsNotFound(PacsRefused):
+    """The server does not have the study or image asked for (HTTP 404 on a named UID)."""
+
+
 @dataclass(frozen=True)
 class PacsSettings:
     """Where the PACS is and how to sign in; the password and token never appear in a repr."""
@@ -201,6 +205,21 @@ def _value(item: Mapping, tag: str) -> str:
     return str(value).strip()
 
 
+def readable_name(name: str) -> str:
+    """A DICOM person name as a person reads it: ``DOE^JANE^^^`` as ``DOE, JANE`` (family name,
+    comma, then prefix, given, middle names and suffix; empty components dropped). A name with
+    no caret is returned as it is."""
+    from pydicom.valuerep import PersonName
+
+    if "^" not in name:
+        return name
+    person = PersonName(name)
+    rest = " ".join(part for part in (person.name_prefix, person.given_name, person.middle_name,
+                                      person.name_suffix) if part.strip())
+    family = person.family_name.strip()
+    return ", ".join(part for part in (family, " ".join(rest.split())) if part)
+
+
 def _values(item: Mapping, tag: str) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in (item.get(tag) or {}).get("Value") or [])
 
@@ -276,6 +295,11 @@ def single_part(body: bytes, content_type: str) -> bytes:
     return body[start:end]
 
 
+def _named(ref: InstanceRef) -> str:
+    """An instance as a message names it: its SOP Instance UID and its study's."""
+    return f"image {ref.sop_instance_uid} of study {ref.study_instance_uid}"
+
+
 def quiet_http_logs() -> None:
     """Hold the HTTP libraries' loggers at WARNING: at DEBUG they log query URLs (with a patient
     id or accession number) and request headers (with credentials)."""
@@ -306,8 +330,10 @@ class PacsClient:
                                       timeout=(settings.timeout, settings.timeout))
         self._client.set_http_retry_params(retry=False)
 
-    def _call(self, doing: str, function, *args, **kwargs):
-        """``function(*args, **kwargs)``, its failures turned into one-sentence PacsErrors."""
+    def _call(self, doing: str, function, *args, missing: str = "", **kwargs):
+        """``function(*args, **kwargs)``, its failures turned into one-sentence PacsErrors.
+        ``missing``: what is asked for by its UID ("study ...", "image ... of study ..."); an
+        HTTP 404 then is :class:`PacsNotFound` naming it, not a wrong address."""
         import requests
         from pydicom.errors import InvalidDicomError
 
@@ -327,6 +353,10 @@ class PacsClient:
                 raise PacsAuthError(f"The PACS at {where} refused pneumo's credentials (HTTP "
                                     f"{code}) while {doing}: check the user name and password, "
                                     "or the token.") from None
+            if code == 404 and missing:
+                raise PacsNotFound(f"The PACS at {where} does not have {missing} (HTTP 404 while "
+                                   f"{doing}): it may have been deleted or moved; the connection "
+                                   "and the credentials are fine.") from None
             if code == 404:
                 raise PacsRefused(f"The PACS at {where} has no such resource (HTTP 404) while "
                                   f"{doing}: check that the address is its DICOMweb "
@@ -340,7 +370,7 @@ class PacsClient:
             raise PacsRefused(f"The PACS at {where} sent an answer pneumo could not understand "
                               f"while {doing}.") from None
 
-    def _paged(self, doing: str, function, key: str, **kwargs) -> list[dict]:
+    def _paged(self, doing: str, function, key: str, missing: str = "", **kwargs) -> list[dict]:
         """Every result of a search: asked for at once (a limit above :data:`MAX_RESULTS`), then
         from where the answer stopped, until an answer brings nothing new (a server that caps
         its answers, or ignores the offset). More than :data:`MAX_RESULTS` is refused.
@@ -350,7 +380,8 @@ class PacsClient:
         results: dict[str, dict] = {}
         offset = 0
         while True:
-            page = self._call(doing, function, limit=MAX_RESULTS + 1, offset=offset, **kwargs)
+            page = self._call(doing, function, limit=MAX_RESULTS + 1, offset=offset,
+                              missing=missing, **kwargs)
             new = {_value(item, key): item for item in page if _value(item, key) not in results}
             results.update(new)
             if len(results) > MAX_RESULTS:
@@ -399,8 +430,8 @@ class PacsClient:
         """Every instance of a study (of ``modality`` only, if given)."""
         filters = {"Modality": modality} if modality else None
         items = self._paged("listing the images of a study", self._client.search_for_instances,
-                            "00080018", study_instance_uid=study_instance_uid,
-                            search_filters=filters,
+                            "00080018", missing=f"study {study_instance_uid}",
+                            study_instance_uid=study_instance_uid, search_filters=filters,
                             fields=["SeriesInstanceUID", "SOPInstanceUID", "Modality",
                                     "ViewPosition", "BodyPartExamined", "SeriesDescription"])
         refs = [InstanceRef(study_instance_uid=_value(i, "0020000D") or study_instance_uid,
@@ -425,7 +456,7 @@ class PacsClient:
         """The instance as a pydicom data set, as stored (no transcoding asked), in memory."""
         return self._call("retrieving an image", self._client.retrieve_instance,
                           ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid,
-                          media_types=ANY_TRANSFER_SYNTAX)
+                          missing=_named(ref), media_types=ANY_TRANSFER_SYNTAX)
 
     def _instance_bytes(self, ref: InstanceRef) -> bytes:
         """WADO-RS Retrieve Instance, the part as sent (dicomweb-client's ``retrieve_instance``
@@ -451,7 +482,7 @@ class PacsClient:
         """The instance as the bytes of a DICOM file, in memory: read it like an upload. The
         file as the server sent it; one stored without its preamble and "DICM" is parsed and
         written as a file."""
-        data = self._call("retrieving an image", self._instance_bytes, ref)
+        data = self._call("retrieving an image", self._instance_bytes, ref, missing=_named(ref))
         if data[128:132] == b"DICM":
             return data
 

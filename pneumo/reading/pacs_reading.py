@@ -22,11 +22,13 @@ from pneumo.reading.reader import Reading
 @dataclass
 class PacsReading:
     """One instance read: where it is, its reading (named by its SOP Instance UID) and its
-    header without pixels (None when it could not be retrieved; the reading says why)."""
+    header without pixels (None when it could not be retrieved; the reading says why).
+    ``retrieved``: False when the PACS did not send the instance."""
 
     ref: pacs.InstanceRef
     reading: Reading
     header: object | None = None  # pydicom Dataset, to store results in the study
+    retrieved: bool = True
 
 
 def _decoded(ref: pacs.InstanceRef, data: bytes) -> tuple[object, Reading]:
@@ -58,7 +60,7 @@ def read_instances(client: pacs.PacsClient, refs: Sequence[pacs.InstanceRef], ex
     for i, (ref, item) in enumerate(zip(refs, items)):
         if isinstance(item, pacs.PacsError):
             chunk.append(PacsReading(ref, Reading(name=ref.sop_instance_uid, digest="",
-                                                  error=str(item))))
+                                                  error=str(item)), retrieved=False))
         else:
             header, reading = item
             chunk.append(PacsReading(ref, reading, header))
