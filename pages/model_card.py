@@ -105,7 +105,7 @@ if local:
 if ui.site_calibration_enabled() and ui.is_admin():  # an administrator's (issue #24)
     ui.site_calibration_section()
 
-st.subheader("Do the heat maps sit on the lungs?")
+st.subheader("Do the heat maps sit on the lungs, and follow the film?")
 heatmaps = metrics.heatmaps if metrics else {}
 if heatmaps:
     sources = {"ground_truth_masks": "drawn lung masks of the test images",
@@ -123,6 +123,8 @@ if heatmaps:
     st.caption("Official test images. A map spread evenly over the image would put about the "
                "lungs' share of the image inside them. 'No positive map': nothing in the image "
                "raised the pneumonia score (common on NORMAL images); such a map has no peak.")
+    if follow := wording.heatmap_follow_text(heatmaps.get("follow_the_film", {})):
+        st.markdown(follow)
 else:
     st.info("No heat-map figures yet: run `python -m pneumo.evaluate --data PATH`.")
 

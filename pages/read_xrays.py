@@ -64,7 +64,8 @@ with controls[3].container(key="colour-scale"):
     st.image(colour_scale(320, 14), width="stretch",
              caption="Heat-map colours are relative to each image: red = where the model looked "
                      "most in this image, clear or blue = least. They do not say how likely "
-                     "pneumonia is; the probability does. Below the threshold the heat map is "
+                     "pneumonia is (the probability does), nor outline an opacity: the model "
+                     "card says how much they vary. Below the threshold the heat map is "
                      "hidden unless asked for, then drawn faint.")
 
 errors = [r for r in readings if r.error]

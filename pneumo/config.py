@@ -76,6 +76,9 @@ LUNG_VAL_FRACTION = 0.15  # of the fitting pairs, held out to pick the checkpoin
 LUNG_AREA_RANGE = (0.10, 0.65)  # plausible share of the image covered by both lungs
 LUNG_MIN_SIDE_SHARE = 0.2  # less of the lung mask than this on one image half: one lung only (issue #20)
 LUNG_CAUTION_SHARE = 0.5  # below this share of heat-map mass inside the lungs, say so
+# At or above this mean correlation of each PNEUMONIA test map with their average map (issue #25's
+# "diversity"; its target is <= 0.6), the model card says the maps do not localise an opacity.
+HEATMAPS_ALIKE = 0.6
 
 # Evaluation.
 BOOTSTRAP_SAMPLES = 2000

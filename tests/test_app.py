@@ -210,6 +210,8 @@ def test_model_card_renders():
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) >= 3
     assert any("not a diagnosis" in md.value for md in at.markdown)
+    # the bundled maps look alike from film to film (metrics.json): the card says what follows
+    assert any("do not use them to localise" in md.value for md in at.markdown)
 
 
 

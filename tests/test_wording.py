@@ -155,3 +155,18 @@ def test_predictive_values_at_the_samples_own_prevalence_match_its_counts():
     at = m.rates(m.confusion(labels, probs, 0.5))
     ppv, npv = predictive_values(at["sensitivity"], at["specificity"], labels.mean())
     assert ppv == pytest.approx(at["ppv"]) and npv == pytest.approx(at["npv"])
+
+
+def _follow(diversity: float) -> dict:
+    return {"test": {"PNEUMONIA": {"n": 390, "diversity": {"mean": diversity},
+                                   "flip_equivariance": {"mean": 0.98},
+                                   "occlusion_faithfulness": {"mean": 0.754}}}}
+
+
+def test_heatmap_follow_text_says_alike_maps_do_not_localise():
+    alike = wording.heatmap_follow_text(_follow(0.91))
+    assert "390 PNEUMONIA test films" in alike and "0.98" in alike and "75 %" in alike
+    assert "0.91" in alike and "do not use them to localise" in alike
+    varied = wording.heatmap_follow_text(_follow(0.45))
+    assert "0.45" in varied and "localise" not in varied
+    assert wording.heatmap_follow_text({}) == wording.heatmap_follow_text({"test": {}}) == ""

@@ -163,6 +163,29 @@ def lung_caution(share: float) -> str | None:
     return OUTSIDE_LUNGS_CAUTION if share < config.LUNG_CAUTION_SHARE else None
 
 
+def heatmap_follow_text(follow: Mapping) -> str:
+    """What the model card says of whether the heat maps follow the film (issue #25's measures),
+    from ``metrics.json``'s ``heatmaps.follow_the_film``; "" without its PNEUMONIA test figures.
+
+    The sentence that the maps do not localise an opacity is said whenever the maps look alike
+    from film to film (diversity at or above ``config.HEATMAPS_ALIKE``)."""
+    try:
+        p = follow["test"]["PNEUMONIA"]
+        alike, flip = float(p["diversity"]["mean"]), float(p["flip_equivariance"]["mean"])
+        occlusion, n = float(p["occlusion_faithfulness"]["mean"]), int(p["n"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    text = (f"On the {n} PNEUMONIA test films, a map follows its film when the film is mirrored "
+            f"(correlation {flip:.2f}), and blurring the half the map favours lowers the score more "
+            f"than blurring the other half for {percent(occlusion)} of films. But each map "
+            f"correlates {alike:.2f} on average with the average map of all of them")
+    if alike >= config.HEATMAPS_ALIKE:
+        return (text + ": the maps look much alike from film to film. They say which lung "
+                "weighed more, not where in it an opacity is: **do not use them to localise "
+                "one.**")
+    return text + "."
+
+
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
