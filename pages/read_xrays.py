@@ -79,8 +79,10 @@ if len(readings) > 1:
     st.subheader("Worklist")
     flagged = sum(row["flagged"] for row in rows)
     only = st.toggle(f"Flagged only ({flagged})", key="flagged_only", disabled=not flagged,
-                     help="Doubtful (turned, flipped or inverted as uploaded), out of scope (not a "
-                          "chest X-ray of the population pneumo was validated on) or not read.")
+                     help="Doubtful (turned, flipped or inverted as uploaded), the ensemble's "
+                          "models split 3-2 (right about half the time on such films), out of "
+                          "scope (not a chest X-ray of the population pneumo was validated on) "
+                          "or not read.")
     table, columns = ui.kept_worklist_table(rows, current, only)  # kept per rows
     st.dataframe(table, hide_index=True, width="stretch", column_config=columns,
                  column_order=list(columns), height=ui.worklist_height(len(table.data)),

@@ -51,14 +51,23 @@ def test_the_csv_carries_the_vote_and_it_does_not_change_the_trust_state():
     assert split.trust.state == trust.TRUSTED and rows[0]["decision"] == "PNEUMONIA"
 
 
-def test_the_worklist_says_so_in_its_warnings():
+def test_the_worklist_flags_a_split_vote_without_changing_its_trust_state():
+    """A 3-2 vote is right about half the time: the worklist flags it (after the doubtful films,
+    before the out-of-scope ones) and says why, while the trust state and the CSV's reason stay."""
+    from pneumo.app import ui
+
     split = _reading(member_probabilities=np.array([0.9, 0.8, 0.3, 0.2, 0.1]))
-    rows = reader.worklist_rows([split, _reading(name="y.png")], 0.5)
+    agreed = _reading(name="y.png", member_probabilities=np.array([0.9, 0.8, 0.7, 0.6, 0.1]))
+    rows = reader.worklist_rows([agreed, split], 0.5)
+    assert [row["file"] for row in rows] == ["x.png", "y.png"]  # flagged first
     by_file = {row["file"]: row for row in rows}
-    assert by_file["x.png"]["warning"] == (
-        "The five models disagree on this image: 2 of 5 say pneumonia.")
-    assert by_file["y.png"]["warning"] == "" and by_file["y.png"]["members_pneumonia"] == ""
-    assert not any(row["flagged"] for row in rows)  # information, not a trust state
+    said = "The five models disagree on this image: 2 of 5 say pneumonia."
+    assert by_file["x.png"]["warning"] == by_file["x.png"]["why_flagged"] == said
+    assert by_file["x.png"]["flagged"] and by_file["x.png"]["trust"] == trust.TRUSTED
+    assert by_file["x.png"]["reason"] == ""  # the CSV's reason is the trust state's
+    assert ui.flagged_line(by_file["x.png"], split) == f"- **[x.png](#{ui.card_anchor(split)})**: {said}"
+    assert by_file["y.png"]["warning"] == by_file["y.png"]["why_flagged"] == ""
+    assert not by_file["y.png"]["flagged"]
 
 
 def test_disagreement_wording():

@@ -1098,7 +1098,7 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
     frame = pd.DataFrame([{
         "file": row["file"],
         "probability": None if withheld(row) else row["probability_pneumonia"],
-        "decision": row["decision"], "trust": row["trust_label"], "reason": row["reason"],
+        "decision": row["decision"], "trust": row["trust_label"], "reason": row["why_flagged"],
         "threshold": row["threshold"], "corrected": row["corrected"], "warning": row["warning"],
         "members": "" if withheld(row) else row.get("members_pneumonia", "") + (
             " \u2014 disagree" if row.get("members_disagree") else ""),
@@ -1159,10 +1159,11 @@ def _markdown_text(text: str) -> str:
 
 def flagged_line(row: dict, reading: Reading) -> str:
     """One markdown list item for a flagged worklist row: the file (linked to its card), its
-    trust state and its reason in full."""
+    trust state unless trusted (a split vote), and why it is flagged, in full."""
     name = _markdown_text(row["file"])
     link = f"[{name}](#{card_anchor(reading)})" if reading.ok else name
-    return f"- **{link}**: {row['trust_label']}. {_markdown_text(row['reason'])}"
+    state = "" if row["trust"] == trust_states.TRUSTED else f"{row['trust_label']}. "
+    return f"- **{link}**: {state}{_markdown_text(row['why_flagged'])}"
 
 
 def card_links(rows: list[dict], readings: list[Reading]) -> str:

@@ -453,15 +453,20 @@ def worklist_rows(readings: list[Reading], threshold: float, calibration: str = 
 
     Each row also has ``probability`` (the text a person reads,
     :func:`pneumo.reading.wording.probability_text`), ``trust_label`` ("Doubtful"...),
-    ``flagged`` (not trusted), ``warning`` (every warning and, when an ensemble's members
-    disagree, :func:`pneumo.reading.wording.disagreement_text`, joined) and ``index`` (the reading's
-    position in ``readings``, so a screen can take its cards in the table's order and link a row
-    to its card). Numbers are rounded for the table (probabilities 4 decimals, the threshold 3).
+    ``flagged`` (not trusted, or a trusted reading whose ensemble members disagree: a 3-2 vote,
+    right about half the time on validation and test), ``why_flagged`` (the trust state's reason,
+    else the disagreement; "" when not flagged), ``warning`` (every warning and, when an
+    ensemble's members disagree, :func:`pneumo.reading.wording.disagreement_text`, joined) and
+    ``index`` (the reading's position in ``readings``, so a screen can take its cards in the
+    table's order and link a row to its card). A split vote does not change the trust state or
+    the CSV's ``reason``. Numbers are rounded for the table (probabilities 4 decimals, the
+    threshold 3).
     """
     from pneumo.reading.wording import disagreement_text, probability_text
 
-    first = {trust_states.DOUBTFUL: 0, trust_states.OUT_OF_SCOPE: 1, trust_states.NOT_READ: 2,
-             trust_states.TRUSTED: 3}
+    first = {trust_states.DOUBTFUL: 0, trust_states.OUT_OF_SCOPE: 2, trust_states.NOT_READ: 3,
+             trust_states.TRUSTED: 4}
+    split_vote = 1  # trusted, members disagree: after the doubtful films, before out of scope
     rows = []
     for index, r in enumerate(readings):
         row = result_row(r, threshold, calibration)
@@ -469,10 +474,17 @@ def worklist_rows(readings: list[Reading], threshold: float, calibration: str = 
             row[key] = None if row[key] is None else round(row[key], 4)
         row["threshold"] = round(threshold, 3)
         disagreement = disagreement_text(r.vote(threshold))
+        trusted = row["trust"] == trust_states.TRUSTED
         rows.append({"file": row.pop("file"), "probability": probability_text(r.probability),
                      **row, "trust_label": trust_states.LABELS[row["trust"]],
-                     "flagged": row["trust"] != trust_states.TRUSTED,
+                     "flagged": not trusted or bool(disagreement),
+                     "why_flagged": disagreement if trusted else row["reason"],
                      "warning": "; ".join(r.warnings + ([disagreement] if disagreement else [])),
                      "index": index})
-    return sorted(rows, key=lambda row: (first[row["trust"]], -1 if row["probability_pneumonia"]
+
+    def rank(row: dict) -> int:
+        split = row["trust"] == trust_states.TRUSTED and row["flagged"]
+        return split_vote if split else first[row["trust"]]
+
+    return sorted(rows, key=lambda row: (rank(row), -1 if row["probability_pneumonia"]
                                          is None else -row["probability_pneumonia"]))
