@@ -47,8 +47,8 @@ if population:
         f"{cv['older_10-17_originals']['flagged']:.1%} of held-out 10-17-year-olds older than "
         f"the population, and {cv['children_val_originals']['flagged']:.1%} of held-out children "
         "from the training population (patient-grouped cross-validation). Adults from another "
-        "hospital are caught less often (93 % in one measured set): the check learnt 'older' "
-        "from one hospital's films.")
+        "hospital are caught less often (docs/scope.md gives the measured share): the check "
+        "learnt 'older' from one hospital's films.")
 if scope_figures:
     share = scope_figures["share"]
     t = scope_figures["trusted"]
