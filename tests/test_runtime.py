@@ -35,7 +35,7 @@ def _real_xrays(shared_data, n: int = 12) -> np.ndarray:
 def test_fast_runtime_equals_keras_on_real_xrays(backend, shared_data, bundled_model_dir, tmp_path):
     pytest.importorskip(_MODULES[backend], reason=f"{backend} not installed")
     from pneumo.models.classifier import load_model
-    from pneumo.models.explain import METHODS, CamExplainer, library_cams
+    from pneumo.models.explain import METHODS, CamExplainer
     from pneumo.models.runtime import load_explainer
 
     model_path = bundled_model_dir / config.MODEL_FILE
@@ -51,9 +51,9 @@ def test_fast_runtime_equals_keras_on_real_xrays(backend, shared_data, bundled_m
                                model.predict(x, verbose=0).ravel(), atol=1e-5)
     np.testing.assert_allclose(np.stack([e.features for e in ours]),
                                np.stack([e.features for e in reference]), atol=1e-4)
-    for method in METHODS:
+    for method in METHODS:  # the Keras path, which test_model.py holds to tf-keras-vis (1e-5)
         np.testing.assert_allclose(np.stack([e.cams[method] for e in ours]),
-                                   library_cams(model, x, method), atol=1e-4)
+                                   np.stack([e.cams[method] for e in reference]), atol=1e-4)
     # one image at a time gives exactly what the batch gave (the queue may batch anything)
     for image, batched in zip(x[:3], ours):
         alone = fast.explain(image)[0]
