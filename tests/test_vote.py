@@ -205,3 +205,21 @@ def test_evaluate_reports_members_on_their_own_and_their_disagreement():
     assert section["disagreement"]["test"]["n"] == 100
     assert set(section["members_test_mean_sd"]) >= {"auc", "accuracy", "ece"}
     assert any("members disagree (test)" in line for line in format_ensemble(section))
+
+
+def test_the_worklist_tints_a_split_vote_without_muting_its_reading():
+    """Flagged rows are tinted; a split vote's text stays as dark as any trusted reading's
+    (only a reading that is not trusted is muted)."""
+    import re
+
+    from pneumo.app import ui
+
+    split = _reading(member_probabilities=np.array([0.9, 0.8, 0.3, 0.2, 0.1]))
+    agreed = _reading(name="y.png", member_probabilities=np.array([0.9, 0.8, 0.7, 0.6, 0.1]))
+    rows = reader.worklist_rows([agreed, split], 0.5)
+    styler, _ = ui.worklist_table(rows, [agreed, split])
+    css = styler.to_html()
+    split_row = re.findall(r"_row0_col\d+ \{([^}]*)\}", css)
+    assert split_row and all("background-color: #fff4e0" in rule and "color: #" not in
+                             rule.replace("background-color: #", "") for rule in split_row)
+    assert not re.findall(r"_row1_col\d+ \{([^}]*)\}", css)  # the agreed film: not tinted

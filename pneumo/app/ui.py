@@ -1105,8 +1105,11 @@ def worklist_table(rows: list[dict], readings: list[Reading], flagged_only: bool
     } for row in chosen], columns=order)
     trusted = trust_states.LABELS[trust_states.TRUSTED]
 
-    def tint(row) -> list[str]:
-        style = "" if row["trust"] == trusted else f"background-color: #fff4e0; color: {MUTED_COLOUR}"
+    def tint(row) -> list[str]:  # flagged: tinted; not trusted: its text muted too
+        if row["trust"] != trusted:
+            style = f"background-color: #fff4e0; color: {MUTED_COLOUR}"
+        else:  # a trusted film is flagged only by its models' split vote, its "Why flagged"
+            style = "background-color: #fff4e0" if row["reason"] else ""
         return [style] * len(row)
 
     styler = frame.style.format({"probability": wording.probability_text,
