@@ -37,10 +37,13 @@ CANDIDATES = {"7x7": (config.CAM_LAYER, "Grad-CAM"), "14x14": ("block5c_add", "G
 
 
 def layercam_from_gradients(features: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(dS/dA_ijk) * A_ijk), normalised to 0..1."""
-    from pneumo.models.explain import _normalize
+    """LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(dS/dA_ijk) * A_ijk), normalised to 0..1.
 
-    return _normalize(np.maximum((np.maximum(grads, 0.0) * features).sum(-1), 0.0))
+    tf-keras-vis's ``Layercam`` computes the same, but from its own backward pass; here the one
+    pass :class:`MemberGradients` makes serves all three maps."""
+    from tf_keras_vis.utils import normalize
+
+    return normalize(np.maximum((np.maximum(grads, 0.0) * features).sum(-1), 0.0))
 
 
 class MemberGradients:

@@ -467,7 +467,7 @@ def worklist_rows(readings: list[Reading], threshold: float, calibration: str = 
     first = {trust_states.DOUBTFUL: 0, trust_states.OUT_OF_SCOPE: 2, trust_states.NOT_READ: 3,
              trust_states.TRUSTED: 4}
     split_vote = 1  # trusted, members disagree: after the doubtful films, before out of scope
-    rows = []
+    rows, ranks = [], []
     for index, r in enumerate(readings):
         row = result_row(r, threshold, calibration)
         for key in ("probability_pneumonia", "gradcam_in_lungs", "bundled_probability"):
@@ -481,10 +481,6 @@ def worklist_rows(readings: list[Reading], threshold: float, calibration: str = 
                      "why_flagged": disagreement if trusted else row["reason"],
                      "warning": "; ".join(r.warnings + ([disagreement] if disagreement else [])),
                      "index": index})
-
-    def rank(row: dict) -> int:
-        split = row["trust"] == trust_states.TRUSTED and row["flagged"]
-        return split_vote if split else first[row["trust"]]
-
-    return sorted(rows, key=lambda row: (rank(row), -1 if row["probability_pneumonia"]
+        ranks.append(split_vote if trusted and disagreement else first[row["trust"]])
+    return sorted(rows, key=lambda row: (ranks[row["index"]], -1 if row["probability_pneumonia"]
                                          is None else -row["probability_pneumonia"]))
